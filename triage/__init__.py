@@ -1,0 +1,3 @@
+"""PACS-side worklist triage for screening mammography."""
+
+__version__ = "0.1.0"
