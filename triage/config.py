@@ -13,12 +13,13 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -112,14 +113,14 @@ class Settings(BaseSettings):
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     ae_title: str = "TRIAGE"
-    allowed_calling_aets: list[str] = Field(default_factory=list)
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_pdu_size: int = 0  # 0 = unlimited; we advertise the largest the peer accepts
 
     # exam assembly
     quiet_seconds: float = 30.0
     max_wait_seconds: float = 600.0
     max_study_age_hours: float = 0.0  # 0 = no age limit
-    screening_procedures: list[str] = Field(default_factory=list)  # fnmatch patterns
+    screening_procedures: Annotated[list[str], NoDecode] = Field(default_factory=list)  # fnmatch
     group_by: GroupBy = GroupBy.STUDY_UID
     group_window_hours: float = 12.0
 
