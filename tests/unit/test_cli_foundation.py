@@ -74,7 +74,7 @@ def test_exams_show_json_lists_instances_with_classification(env: Path) -> None:
     assert detail["accession_numbers"] == ["ACC1"] and detail["status"] == "receiving"
     assert detail["views"] == ["L-CC", "R-CC"] and detail["partial"] is False
     assert detail["skipped_reason"] is None
-    ct = [i for i in detail["instances"] if i["sop_instance_uid"] == "1.2.840.1.2"][0]
+    ct = next(i for i in detail["instances"] if i["sop_instance_uid"] == "1.2.840.1.2")
     assert ct["scorable"] is False and ct["reason"] == "CT image" and ct["image_class"] == "other"
     listed = json.loads(runner.invoke(app, ["exams", "list", "--json"]).output)
     assert [e["study_instance_uid"] for e in listed] == ["1.2.840.1"]

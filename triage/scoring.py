@@ -1,0 +1,121 @@
+"""View -> breast -> exam aggregation and priority categories. Plain numbers in and out.
+
+Rules (issue 5, the papers' rule):
+* per member and breast: the mean of that breast's CC and MLO view probabilities (a breast
+  with only one scored view uses that view and is reported as such);
+* per breast across members: weighted mean with the configured ensemble weights,
+  renormalised over the members that produced that breast (a member left out does not
+  drag the mean towards zero);
+* exam triage score: the maximum malignant probability over breasts;
+* category: the first configured level whose ``min_score`` the score reaches; ``NOT
+  TRIAGED`` whenever a member's weights are not verified published weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from triage.config import PriorityLevel
+from triage.errors import ScoringError
+from triage.vocabulary import NOT_TRIAGED, Laterality, View
+
+
+@dataclass(frozen=True)
+class ViewProbability:
+    member: str
+    laterality: Laterality
+    view: View
+    p_benign: float
+    p_malignant: float
+
+
+@dataclass(frozen=True)
+class BreastProbability:
+    laterality: Laterality
+    p_benign: float
+    p_malignant: float
+    per_member: dict[str, tuple[float, float]]
+    views_used: tuple[View, ...]
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    reason: str | None  # why NOT TRIAGED, else None
+
+
+MemberBreast = tuple[float, float, tuple[View, ...]]  # benign, malignant, views used
+
+
+def member_breasts(
+    views: Sequence[ViewProbability],
+) -> dict[tuple[str, Laterality], MemberBreast]:
+    """Per (member, breast): mean benign and malignant over the breast's scored views.
+
+    Several probabilities for the same (member, breast, view) (e.g. test-time augmentation
+    samples already averaged upstream) are not expected here: one per view.
+    """
+    grouped: dict[tuple[str, Laterality], dict[View, tuple[float, float]]] = {}
+    for v in views:
+        per_view = grouped.setdefault((v.member, v.laterality), {})
+        if v.view in per_view:
+            raise ScoringError(
+                f"member {v.member}: two scores for {v.laterality.value}-{v.view.value}; "
+                "the pipeline must pass one chosen image per view"
+            )
+        per_view[v.view] = (v.p_benign, v.p_malignant)
+    out = {}
+    for key, per_view in grouped.items():
+        used = tuple(sorted(per_view, key=lambda x: x.value))
+        benign = sum(per_view[x][0] for x in used) / len(used)
+        malignant = sum(per_view[x][1] for x in used) / len(used)
+        out[key] = (benign, malignant, used)
+    return out
+
+
+def combine_members(
+    views: Sequence[ViewProbability], weights: Mapping[str, float]
+) -> list[BreastProbability]:
+    """Per-breast ensemble probabilities (weighted mean over the members that scored it)."""
+    per_member = member_breasts(views)
+    breasts: list[BreastProbability] = []
+    for lat in (Laterality.LEFT, Laterality.RIGHT):
+        members = {m: value for (m, side), value in per_member.items() if side is lat}
+        if not members:
+            continue
+        unknown = set(members) - set(weights)
+        if unknown:
+            raise ScoringError(f"no ensemble weight configured for member(s) {sorted(unknown)}")
+        total = sum(weights[m] for m in members)
+        benign = sum(weights[m] * members[m][0] for m in members) / total
+        malignant = sum(weights[m] * members[m][1] for m in members) / total
+        used = {v for m in members for v in members[m][2]}
+        views_used = tuple(sorted(used, key=lambda x: x.value))
+        breasts.append(BreastProbability(
+            laterality=lat, p_benign=benign, p_malignant=malignant,
+            per_member={m: (b, mal) for m, (b, mal, _) in members.items()}, views_used=views_used,
+        ))
+    return breasts
+
+
+def exam_score(breasts: Sequence[BreastProbability]) -> float:
+    if not breasts:
+        raise ScoringError("no breast was scored, so there is no exam score")
+    return max(b.p_malignant for b in breasts)
+
+
+def categorise(score: float, levels: Sequence[PriorityLevel], *, verified: bool,
+               unverified_members: Sequence[str] = ()) -> Category:
+    """The worklist category for ``score``; NOT TRIAGED unless every member is verified."""
+    if not verified:
+        names = ", ".join(unverified_members) or "one or more members"
+        return Category(
+            NOT_TRIAGED,
+            f"weights of {names} are not verified published weights (uncalibrated, "
+            "investigational): the score is shown to admins only",
+        )
+    for level in levels:
+        if score >= level.min_score:
+            return Category(level.name, None)
+    raise ScoringError("priority levels do not cover score 0 (the last min_score must be 0)")
