@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("triage-data")
     database_url: str = ""  # empty: SQLite file under data_dir
     broker_url: str = ""  # empty: embedded in-process worker
+    broker_visibility_timeout: float = Field(default=7200.0, gt=0)  # > 2x the longest task
+    requeue_after_seconds: float = Field(default=120.0, gt=0)  # reconciler: stuck in queued
 
     # DICOM listener
     dicom_host: str = "127.0.0.1"

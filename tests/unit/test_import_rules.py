@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "dicom": BASE | {"db"},
     "scoring": BASE,
     "outputs": BASE,
-    "db": BASE - {"results"},
+    "db": BASE,
     "synthetic": BASE,
     "validation": BASE | {"imaging", "models"},
     "pipeline": LIBRARY,
