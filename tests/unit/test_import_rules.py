@@ -28,11 +28,12 @@ ALLOWED: dict[str, set[str]] = {
     "synthetic": BASE,
     "validation": BASE | {"imaging", "models"},
     "pipeline": LIBRARY,
+    "dispatch": LIBRARY,
     "api": BASE | {"pipeline", "db", "dicom"},
     # the command line is the composition root: every library layer and the workers
-    "cli": LIBRARY | {"workers", "api", "service"},
-    "service": LIBRARY | {"api", "workers"},
-    "workers": BASE | {"pipeline", "db", "dicom"},
+    "cli": LIBRARY | {"workers", "api", "service", "dispatch"},
+    "service": LIBRARY | {"api", "workers", "dispatch"},
+    "workers": BASE | {"pipeline", "db", "dicom", "dispatch"},
 }
 #: third-party packages a layer must never import
 FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
