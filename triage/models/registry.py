@@ -1,0 +1,200 @@
+"""The catalogue of named models: what each one is, expects and may be used for.
+
+A :class:`ModelSpec` carries the builder and its hyper-parameters, the input size per
+view and the preprocessing the model expects, the weight file it loads (and the facts
+that authenticate a published file), licence and intended-use text, and a version string
+recorded in the DB and in every SR. Weight handling (import, checksums, status, loading)
+lives in :mod:`triage.models.weights`.
+
+Published facts kept here (from the authors' public repositories, as recorded in the
+fixtures' ``published_weights.json``): the repository path and git blob id of each GMIC
+file, the pooling percentage the authors' scripts use with it, and the predictions the
+authors' README reports for their sample exam 0. Tests compare these copies with the
+fixture file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from triage.errors import ModelError
+from triage.models.gmic import GMIC, GMICConfig
+from triage.vocabulary import View
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """The weight file a model loads.
+
+    ``file_name`` is the name under ``Settings.models_dir``; ``sha256`` is the expected
+    checksum when the product knows it; ``git_blob_id`` (``sha1(b"blob <size>\\0" + bytes)``),
+    ``published_repository`` and ``published_path`` identify the authors' published file.
+    ``state_dict_key`` is set when the file wraps the state_dict (e.g. ``{"model": ...}``).
+    """
+
+    file_name: str
+    sha256: str | None = None
+    git_blob_id: str | None = None
+    published_repository: str | None = None
+    published_path: str | None = None
+    state_dict_key: str | None = None
+
+    @property
+    def is_published(self) -> bool:
+        return self.git_blob_id is not None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the product needs to know about one named model."""
+
+    name: str
+    version: str
+    architecture: str
+    builder: Callable[[Any], nn.Module]
+    hyperparameters: Any  # a frozen dataclass the builder accepts (e.g. GMICConfig)
+    input_size: Mapping[View, tuple[int, int]]
+    preprocessing: str
+    modality: str
+    weights: WeightSpec
+    licence: str
+    intended_use: str
+    paper: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``name version``, as written into the DB and the SR."""
+        return f"{self.name} {self.version}"
+
+
+NYU_LICENCE = (
+    "CC BY-NC-SA 4.0 (weights and reference code by NYU, nyukat). Attribution, "
+    "non-commercial use only, share-alike; research use only."
+)
+NYU_INTENDED_USE = (
+    "Research and investigational worklist triage of screening mammograms. Not a diagnosis, "
+    "not a cleared medical device; never remove an exam from a reader's worklist. The "
+    "published weights are licensed for non-commercial research only."
+)
+NO_WEIGHTS_LICENCE = (
+    "No published weights: the architecture follows Shen et al. 2021; the licence of "
+    "whatever weights a site imports applies."
+)
+NO_WEIGHTS_INTENDED_USE = (
+    "Research only, with weights a site trains and validates itself. Not a diagnosis, "
+    "not a cleared medical device."
+)
+
+GMIC_PAPER = "Shen et al. 2021, Medical Image Analysis 68:101908 (GMIC)"
+GMIC_INPUT_SIZE: Mapping[View, tuple[int, int]] = MappingProxyType(
+    {View.CC: (2944, 1920), View.MLO: (2944, 1920)}
+)
+GMIC_REPOSITORY = "nyukat/GMIC"
+
+#: (repository path, git blob id, pooling percentage t) of each published GMIC file.
+PUBLISHED_GMIC_FILES: tuple[tuple[str, str, float], ...] = (
+    ("models/sample_model_1.p", "04e473379a8313daa426c38e69bad392fc0be769", 0.02),
+    ("models/sample_model_2.p", "98074a24bbebdbf030eb2bd9c27e96f4683d336b", 0.03),
+    ("models/sample_model_3.p", "9304d4b3224ecd4b9bd6717095ef819c779efae5", 0.03),
+    ("models/sample_model_4.p", "4e87f6453d71e9e9be01504ee8b64ff077c254ee", 0.05),
+    ("models/sample_model_5.p", "ec942dd65a99aaa3fce8cf00bcd10bdb0ee40e2c", 0.1),
+)
+
+#: (benign, malignant) per view that the GMIC README reports for sample exam 0. The
+#: README does not say which model produced it; the authors' run script defaults to
+#: model index 1 (``sample_model_1.p``).
+PUBLISHED_GMIC_SAMPLE_PREDICTIONS: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "0_L-CC": (0.1356, 0.0081),
+    "0_R-CC": (0.8929, 0.3259),
+    "0_L-MLO": (0.2368, 0.0335),
+    "0_R-MLO": (0.9509, 0.1812),
+})
+#: The published model whose predictions the README table reports (see above).
+PUBLISHED_GMIC_SAMPLE_MODEL = "gmic-resnet18-1"
+
+GMIC_VERSION = "1.0.0"
+
+
+def _build_gmic(config: GMICConfig) -> nn.Module:
+    return GMIC(config)
+
+
+def _gmic_published(index: int, path: str, blob: str, percent_t: float) -> ModelSpec:
+    name = f"gmic-resnet18-{index}"
+    return ModelSpec(
+        name=name,
+        version=GMIC_VERSION,
+        architecture="GMIC-ResNet-18 (global ResNet-22 v2, local ResNet-18, K=6, 256x256 ROI)",
+        builder=_build_gmic,
+        hyperparameters=GMICConfig(percent_t=percent_t, k=6, local_network="resnet18"),
+        input_size=GMIC_INPUT_SIZE,
+        preprocessing="gmic",
+        modality="ffdm",
+        weights=WeightSpec(
+            file_name=f"{name}.pt",
+            git_blob_id=blob,
+            published_repository=GMIC_REPOSITORY,
+            published_path=path,
+        ),
+        licence=NYU_LICENCE,
+        intended_use=NYU_INTENDED_USE,
+        paper=GMIC_PAPER,
+    )
+
+
+def _gmic_unpublished(depth: str) -> ModelSpec:
+    name = f"gmic-{depth}"
+    label = {"resnet34": "ResNet-34", "resnet50": "ResNet-50"}[depth]
+    return ModelSpec(
+        name=name,
+        version=GMIC_VERSION,
+        architecture=f"GMIC-{label} (global ResNet-22 v2, local {label}, K=6, 256x256 ROI)",
+        builder=_build_gmic,
+        hyperparameters=GMICConfig(percent_t=0.02, k=6, local_network=depth),
+        input_size=GMIC_INPUT_SIZE,
+        preprocessing="gmic",
+        modality="ffdm",
+        weights=WeightSpec(file_name=f"{name}.pt"),
+        licence=NO_WEIGHTS_LICENCE,
+        intended_use=NO_WEIGHTS_INTENDED_USE,
+        paper=GMIC_PAPER,
+    )
+
+
+def _catalogue() -> dict[str, ModelSpec]:
+    specs = [_gmic_published(i, path, blob, t)
+             for i, (path, blob, t) in enumerate(PUBLISHED_GMIC_FILES, start=1)]
+    specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50")]
+    return {spec.name: spec for spec in specs}
+
+
+_REGISTRY: dict[str, ModelSpec] = _catalogue()
+
+
+def register(spec: ModelSpec) -> None:
+    """Add a model to the catalogue (one name, one spec)."""
+    if spec.name in _REGISTRY:
+        raise ModelError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a named model; an unknown name lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(
+            f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))} "
+            "(see `triage models list`)"
+        ) from None
+
+
+def list_specs() -> list[ModelSpec]:
+    """Every registered model, by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
