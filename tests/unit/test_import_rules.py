@@ -29,11 +29,12 @@ ALLOWED: dict[str, set[str]] = {
     "validation": BASE | {"imaging", "models"},
     "pipeline": LIBRARY,
     "dispatch": LIBRARY,
+    "delivery": LIBRARY,
     "api": BASE | {"pipeline", "db", "dicom"},
     # the command line is the composition root: every library layer and the workers
-    "cli": LIBRARY | {"workers", "api", "service", "dispatch"},
-    "service": LIBRARY | {"api", "workers", "dispatch"},
-    "workers": BASE | {"pipeline", "db", "dicom", "dispatch"},
+    "cli": LIBRARY | {"workers", "api", "service", "dispatch", "delivery"},
+    "service": LIBRARY | {"api", "workers", "dispatch", "delivery"},
+    "workers": BASE | {"pipeline", "db", "dicom", "dispatch", "delivery"},
 }
 #: third-party packages a layer must never import
 FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from triage.cli import config_cmd, db_cmd, exams_cmd, models_cmd, serve_cmd, validate_cmd, worker_cmd
+from triage.cli import (
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    exams_cmd,
+    listen_cmd,
+    models_cmd,
+    serve_cmd,
+    synthetic_cmd,
+    validate_cmd,
+    worker_cmd,
+    worklist_cmd,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Screening mammography worklist triage.")
@@ -14,8 +26,13 @@ app.add_typer(exams_cmd.app, name="exams", help="Exams known to the product.")
 app.command("serve", help="Run the product in the foreground until Ctrl-C.")(serve_cmd.serve)
 app.command("worker", help="Celery scoring worker (queue gpu).")(worker_cmd.worker)
 # Command groups of later layers register here (one line each).
+app.command("listen", help="DICOM listener (C-STORE SCP) until Ctrl-C.")(listen_cmd.listen)
+app.command("send", help="Send DICOM files as stored (C-STORE SCU).")(listen_cmd.send)
+app.add_typer(synthetic_cmd.app, name="synthetic", help="Synthetic screening exams (DICOM).")
 app.add_typer(models_cmd.app, name="models", help="Registered models and their weights.")
 app.add_typer(validate_cmd.app, name="validate", help="Check numerics against references.")
+app.command("worklist", help="Exams by priority, then arrival.")(worklist_cmd.worklist)
+app.command("demo", help="Send a synthetic screening exam to a listener.")(demo_cmd.demo)
 
 
 def main() -> None:

@@ -1,22 +1,74 @@
-"""`triage serve`: the product on one machine (embedded default), in the foreground."""
+"""`triage serve`: the whole product in one process (embedded default), in the foreground.
+
+Listener + dispatcher/reconciler + embedded worker (no broker) + outbox sender. With
+``--demo`` it also sends itself a synthetic exam once it answers C-ECHO, waits for the
+result and prints its worklist line and where the outputs went.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import typer
+from sqlalchemy import select
 
-from triage.cli.common import configure_logging, echo_json, handled_errors, settings_or_exit
-from triage.db import migrate
+from triage.cli.common import configure_logging, handled_errors, open_database, settings_or_exit
+from triage.cli.demo_cmd import send_demo_exam
+from triage.cli.worklist_cmd import format_entry
+from triage.config import Destination, Settings, load_settings
+from triage.db import Database, OutboxItem, Study, migrate, queries
+from triage.dicom.echo import echo
+from triage.models import ensure_demo_weights
+from triage.pipeline import load_ensemble
+from triage.service import Services
 
 log = logging.getLogger(__name__)
+FINAL = ("scored", "delivered", "failed", "skipped")
 
 
-def serve() -> None:
-    """Create/migrate the database, report the settings and serve until Ctrl-C."""
+def _wait_for_echo(destination: Destination, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if echo(destination, "TRIAGE_DEMO", timeout=2.0):
+            return
+        time.sleep(0.5)
+    raise typer.Exit(1)
+
+
+def _report_demo(db: Database, settings: Settings, study_uid: str, stop: threading.Event) -> None:
+    typer.echo(f"demo exam {study_uid} sent; waiting for the quiet period "
+               f"({settings.quiet_seconds:g} s) and scoring...")
+    status = ""
+    while not stop.is_set():
+        with db.session() as session:
+            study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+            status = study.status if study else "receiving"
+            destinations = sorted({o.destination for o in session.scalars(
+                select(OutboxItem).where(OutboxItem.study_id == study.id))}) if study else []
+        if status in FINAL and (status != "scored" or not settings.archive):
+            break
+        stop.wait(1.0)
+    if stop.is_set():
+        return
+    with db.session() as session:
+        entries = [e for e in queries.worklist(session, [p.name for p in settings.priorities])
+                   if e.study_instance_uid == study_uid]
+    typer.echo("worklist line for the demo exam:")
+    for e in entries:
+        typer.echo("  " + format_entry(e).replace("\n", "\n  "))
+    where = ", ".join(d.replace("local-folder", str(settings.outputs_dir / study_uid))
+                      for d in destinations)
+    typer.echo(f"results (SR + overlays) went to: {where or 'nowhere yet'}")
+
+
+def serve(demo: bool = typer.Option(False, "--demo", help=(
+        "also send ourselves a synthetic exam and print its worklist line; creates seeded "
+        "demo weights for members that have none (results marked UNCALIBRATED)"))) -> None:
+    """Run the product in the foreground until Ctrl-C."""
     settings = settings_or_exit()
     configure_logging(settings)
     stop = threading.Event()
@@ -30,8 +82,31 @@ def serve() -> None:
     with handled_errors():
         settings.prepare_directories()
         migrate.upgrade(settings.resolved_database_url)
-    typer.echo("triage is running on its embedded default with these settings:")
-    echo_json(settings.masked())
-    typer.echo("press Ctrl-C to stop")
-    stop.wait()
-    typer.echo("triage stopped")
+        if demo:
+            settings = load_settings(allow_uncalibrated=True)
+            created = ensure_demo_weights(settings)
+            if created:
+                typer.echo(f"created seeded demo weights for {len(created)} member(s): their "
+                           "scores mean nothing and are marked UNCALIBRATED / NOT TRIAGED")
+        db = open_database(settings)
+        ensemble = None
+        if not settings.broker_url:  # validate members before any exam is touched
+            ensemble = load_ensemble(settings)
+        services = Services(settings, db, embedded_worker=True)
+        services.start(ensemble=ensemble)
+    host, port = services.address
+    typer.echo(f"triage is serving: DICOM {settings.ae_title}@{host}:{port}, database "
+               f"{db.engine.url.render_as_string(hide_password=True)}, "
+               f"{'broker ' + settings.broker_url if settings.broker_url else 'embedded worker'}, "
+               f"archive {settings.archive or settings.outputs_dir}. Ctrl-C stops.")
+    try:
+        if demo:
+            destination = Destination(ae_title=settings.ae_title, host="127.0.0.1", port=port)
+            _wait_for_echo(destination)
+            with handled_errors():
+                uid = send_demo_exam(settings, destination)
+            _report_demo(db, settings, uid, stop)
+        stop.wait()
+    finally:
+        services.stop()
+        typer.echo("triage stopped")

@@ -129,3 +129,45 @@ def exam_detail(session: Session, study_instance_uid: str) -> dict[str, Any]:
         )
     ]
     return detail
+
+
+@dataclass(frozen=True)
+class WorklistEntry:
+    study_instance_uid: str
+    accession_numbers: list[str]
+    status: str
+    category: str  # a priority name, or NOT TRIAGED
+    reason: str | None  # why NOT TRIAGED (unscored, unverified weights, skipped, failed)
+    score: float | None  # visible to admins even when NOT TRIAGED
+    first_received_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worklist(session: Session, priority_names: list[str], *, limit: int = 500) -> list[WorklistEntry]:
+    """Exams by priority (configured order, NOT TRIAGED last), then by arrival (oldest first)."""
+    entries = []
+    studies = session.scalars(select(Study).order_by(Study.first_received_at, Study.id).limit(limit))
+    for study in studies:
+        run = latest_run(session, study.id)
+        scored = run is not None and run.status == "succeeded" and study.status in ("scored", "delivered")
+        if scored and run is not None and run.category in priority_names:
+            category, reason = str(run.category), None
+        elif scored and run is not None:
+            category, reason = "NOT TRIAGED", run.not_triaged_reason
+        else:
+            category = "NOT TRIAGED"
+            reason = {
+                "skipped": f"skipped: {study.skip_reason}",
+                "failed": f"scoring failed: {study.failure_reason}",
+            }.get(study.status, f"not scored yet ({study.status})")
+        entries.append(WorklistEntry(
+            study_instance_uid=study.study_instance_uid,
+            accession_numbers=list(study.accession_numbers or []), status=study.status,
+            category=category, reason=reason,
+            score=run.exam_score if run is not None and run.status == "succeeded" else None,
+            first_received_at=study.first_received_at.isoformat(),
+        ))
+    rank = {name: i for i, name in enumerate(priority_names)}
+    return sorted(entries, key=lambda e: (rank.get(e.category, len(rank)), e.first_received_at))

@@ -1,0 +1,59 @@
+"""``score_study(study_id)``: IDs only; the body is ``triage.pipeline.process_study``.
+
+Models are loaded once per worker process and cached. Transient errors (database or broker
+briefly down) are retried with exponential backoff; everything else is recorded on the exam
+by the pipeline and not retried. Deliveries are counted in the DB, so an exam whose scoring
+kills the worker ends `failed` after three deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from celery import Task, shared_task
+
+from triage.config import Settings, load_settings
+from triage.db import Database, create_database
+from triage.delivery import Publisher
+from triage.errors import TransientError
+from triage.pipeline import Ensemble, load_ensemble, process_study
+from workers.celery_app import TASK_NAME
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, Any] = {}
+
+
+def _runtime() -> tuple[Settings, Database, Ensemble]:
+    """Settings, DB and models, created once per worker process."""
+    if "ensemble" not in _STATE:
+        settings = load_settings()
+        _STATE["settings"] = settings
+        _STATE["db"] = create_database(settings.resolved_database_url)
+        _STATE["ensemble"] = load_ensemble(settings)
+    return _STATE["settings"], _STATE["db"], _STATE["ensemble"]
+
+
+def _testing_crash_hook(settings: Settings, study_id: int) -> None:
+    """Only with TRIAGE_TESTING=1: kill this worker process while scoring a given exam,
+    so tests can prove redelivery and the failed-after-three-losses rule."""
+    target = os.environ.get("TRIAGE_TEST_KILL_WORKER_ON_STUDY_ID")
+    if settings.testing and target and int(target) == study_id:
+        log.warning("testing: killing worker process", extra={"study_id": study_id})
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def score_study(task: Task, study_id: int) -> str:
+    """Score exam ``study_id`` (a database id: no patient identifier travels the broker)."""
+    settings, db, ensemble = _runtime()
+    _testing_crash_hook(settings, study_id)
+    try:
+        return process_study(db, ensemble, study_id, Publisher(settings)).value
+    except TransientError as exc:
+        raise task.retry(exc=exc, countdown=min(300, 5 * 2 ** task.request.retries),
+                         max_retries=8) from exc
+
