@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -349,6 +351,18 @@ def claim(db: Database, study_id: int) -> ClaimedExam | None:
                        images=tuple(chosen_images(db, study_id)), partial=partial, attempt=attempt)
 
 
+def _inject_fault(claimed: ClaimedExam) -> None:
+    """TRIAGE_TESTING=1 only: slow down or kill this process while it scores a given exam,
+    so tests can prove redelivery and the failed-after-three-worker-losses rule."""
+    delay = float(os.environ.get("TRIAGE_TEST_SCORING_DELAY_SECONDS", "0") or 0)
+    if delay:
+        time.sleep(delay)
+    if os.environ.get("TRIAGE_TEST_KILL_WORKER_ON_STUDY_UID") == claimed.study_instance_uid:
+        log.warning("testing: killing the worker process while scoring",
+                    extra={"study_instance_uid": claimed.study_instance_uid})
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class OutputStage(Protocol):
     """What happens to a result besides the DB rows (``triage.delivery.Publisher``)."""
 
@@ -372,6 +386,8 @@ def process_study(db: Database, ensemble: Ensemble, study_id: int,
         raise TransientError(f"database unavailable while claiming exam {study_id}: {exc.orig}") from exc
     if claimed is None:
         return Outcome.NOT_CLAIMABLE
+    if ensemble.settings.testing:
+        _inject_fault(claimed)
     log.info("scoring exam", extra={"study_instance_uid": claimed.study_instance_uid,
                                      "attempt": claimed.attempt, "views": len(claimed.images)})
     try:

@@ -9,11 +9,10 @@ kills the worker ends `failed` after three deliveries.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import worker_process_init
 
 from triage.config import Settings, load_settings
 from triage.db import Database, create_database
@@ -37,20 +36,19 @@ def _runtime() -> tuple[Settings, Database, Ensemble]:
     return _STATE["settings"], _STATE["db"], _STATE["ensemble"]
 
 
-def _testing_crash_hook(settings: Settings, study_id: int) -> None:
-    """Only with TRIAGE_TESTING=1: kill this worker process while scoring a given exam,
-    so tests can prove redelivery and the failed-after-three-losses rule."""
-    target = os.environ.get("TRIAGE_TEST_KILL_WORKER_ON_STUDY_ID")
-    if settings.testing and target and int(target) == study_id:
-        log.warning("testing: killing worker process", extra={"study_id": study_id})
-        os.kill(os.getpid(), signal.SIGKILL)
+@worker_process_init.connect
+def _load_models_in_child(**_kwargs: Any) -> None:
+    """Load the models when the pool process starts, not on the first exam."""
+    try:
+        _runtime()
+    except Exception:  # reported again, with the exam, when a task runs
+        log.exception("loading the ensemble at worker start failed")
 
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
 def score_study(task: Task, study_id: int) -> str:
     """Score exam ``study_id`` (a database id: no patient identifier travels the broker)."""
     settings, db, ensemble = _runtime()
-    _testing_crash_hook(settings, study_id)
     try:
         return process_study(db, ensemble, study_id, Publisher(settings)).value
     except TransientError as exc:

@@ -256,3 +256,23 @@ def test_import_refuses_a_published_file_under_another_models_name(
     with pytest.raises(WeightsError, match="--as gmic-resnet18-2"):
         import_weights(fixture_weights, "gmic-resnet18-1", settings)
     assert read_manifest(settings) == {}
+
+
+def test_testing_member_loads_only_with_triage_testing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    from triage.config import load_settings
+    from triage.errors import WeightsError
+    from triage.models import ensure_demo_weights, load_member
+
+    clinical = load_settings(data_dir=tmp_path, allow_uncalibrated=True)
+    clinical.prepare_directories()
+    with pytest.raises(WeightsError, match="TRIAGE_TESTING=1"):
+        load_member("gmic-testing-small", clinical, torch.device("cpu"))
+    testing = load_settings(data_dir=tmp_path, allow_uncalibrated=True, testing=True)
+    ensure_demo_weights(testing, ["gmic-testing-small"])
+    loaded = load_member("gmic-testing-small", testing, torch.device("cpu"))
+    with torch.inference_mode():
+        out = loaded.module(torch.zeros(2, 1, 1024, 640))
+    assert tuple(out.saliency_map.shape) == (2, 2, 16, 10)
+    assert tuple(out.patch_locations.shape) == (2, 4, 2)

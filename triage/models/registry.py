@@ -167,10 +167,38 @@ def _gmic_unpublished(depth: str) -> ModelSpec:
     )
 
 
+TESTING_ONLY = "testing_only"
+
+
+def _gmic_testing() -> ModelSpec:
+    """The same GMIC code at reduced resolution, for load and fault tests only.
+
+    Loads only with ``TRIAGE_TESTING=1`` (see ``weights.load_member``); never a clinical
+    configuration. 1024x640 inputs give a 16x10 saliency map; 128x128 crops (2x2 on the map).
+    """
+    size = (1024, 640)
+    return ModelSpec(
+        name="gmic-testing-small",
+        version=GMIC_VERSION,
+        architecture="GMIC-ResNet-18 at reduced resolution (TESTING ONLY, 1024x640, K=4, 128x128 ROI)",
+        builder=_build_gmic,
+        hyperparameters=GMICConfig(percent_t=0.02, k=4, crop_shape=(128, 128),
+                                   local_network="resnet18", input_shape=size),
+        input_size=MappingProxyType({View.CC: size, View.MLO: size}),
+        preprocessing="gmic-testing",
+        modality="ffdm",
+        weights=WeightSpec(file_name="gmic-testing-small.pt"),
+        licence=NO_WEIGHTS_LICENCE,
+        intended_use="Automated tests of the product only (TRIAGE_TESTING=1). Never clinical.",
+        paper=GMIC_PAPER,
+        extra=MappingProxyType({TESTING_ONLY: True}),
+    )
+
+
 def _catalogue() -> dict[str, ModelSpec]:
     specs = [_gmic_published(i, path, blob, t)
              for i, (path, blob, t) in enumerate(PUBLISHED_GMIC_FILES, start=1)]
-    specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50")]
+    specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50"), _gmic_testing()]
     return {spec.name: spec for spec in specs}
 
 

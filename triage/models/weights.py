@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from triage.config import Settings
 from triage.errors import ModelError, WeightsError
-from triage.models.registry import ModelSpec, get_spec, list_specs
+from triage.models.registry import TESTING_ONLY, ModelSpec, get_spec, list_specs
 from triage.vocabulary import WeightsStatus
 
 logger = logging.getLogger(__name__)
@@ -499,6 +499,11 @@ def load_member(name: str, settings: Settings, device: torch.device,
     when ``allow_uncalibrated`` (default: ``Settings.allow_uncalibrated``) is true.
     """
     spec = get_spec(name)
+    if spec.extra.get(TESTING_ONLY) and not settings.testing:
+        raise WeightsError(
+            f"model {name} is a reduced-resolution configuration for automated tests only; "
+            "it loads only with TRIAGE_TESTING=1 and never in a clinical configuration"
+        )
     entry = read_manifest(settings).get(name)
     status = status_of(spec, entry)
     allowed = settings.allow_uncalibrated if allow_uncalibrated is None else allow_uncalibrated
