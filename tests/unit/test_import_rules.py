@@ -30,9 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline": LIBRARY,
     "dispatch": LIBRARY,
     "delivery": LIBRARY,
+    "batch": LIBRARY | {"dispatch"},
     "api": BASE | {"pipeline", "db", "dicom"},
     # the command line is the composition root: every library layer and the workers
-    "cli": LIBRARY | {"workers", "api", "service", "dispatch", "delivery"},
+    "cli": LIBRARY | {"workers", "api", "service", "dispatch", "delivery", "batch"},
     "service": LIBRARY | {"api", "workers", "dispatch", "delivery"},
     "workers": BASE | {"pipeline", "db", "dicom", "dispatch", "delivery"},
 }

@@ -11,6 +11,7 @@ from triage.cli import (
     exams_cmd,
     listen_cmd,
     models_cmd,
+    score_folder_cmd,
     serve_cmd,
     synthetic_cmd,
     validate_cmd,
@@ -33,6 +34,8 @@ app.add_typer(models_cmd.app, name="models", help="Registered models and their w
 app.add_typer(validate_cmd.app, name="validate", help="Check numerics against references.")
 app.command("worklist", help="Exams by priority, then arrival.")(worklist_cmd.worklist)
 app.command("demo", help="Send a synthetic screening exam to a listener.")(demo_cmd.demo)
+app.command("score-folder", help="Score a folder of DICOM files offline.")(
+    score_folder_cmd.score_folder_cmd)
 
 
 def main() -> None:
