@@ -40,7 +40,7 @@ from triage.errors import (
     TransientError,
     TriageError,
 )
-from triage.imaging import PreparedView, decode_pixels, prepare_view
+from triage.imaging import PreparedView, decode_pixels, prepare_view, sample_windows
 from triage.models import LoadedModel, load_member
 from triage.results import (
     BreastScore,
@@ -176,14 +176,34 @@ def _prepare_all(images: Sequence[ExamImage], sizes: set[tuple[int, int]],
 # one member on the exam's views
 
 
-def _run_member(member: LoadedModel, batch: list[PreparedImage],
-                device: torch.device) -> list[ViewScore]:
-    """Run a GMIC-family member on a batch of prepared views (one forward)."""
+def _forward_probabilities(member: LoadedModel, arrays: list[np.ndarray], device: torch.device,
+                           chunk: int = 4) -> np.ndarray:
+    """(N, classes) probabilities of ``arrays`` in chunks of ``chunk`` views."""
+    out = []
+    for start in range(0, len(arrays), chunk):
+        x = torch.from_numpy(np.stack(arrays[start:start + chunk])[:, None]).to(device)
+        with torch.inference_mode():
+            out.append(member.module(x).y_fusion.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _run_member(member: LoadedModel, batch: list[PreparedImage], device: torch.device,
+                augmented: dict[str, list[np.ndarray]] | None = None) -> list[ViewScore]:
+    """Run a GMIC-family member on a batch of prepared views (one forward).
+
+    With test-time augmentation the view's probabilities are the mean over its augmented
+    windows; saliency and ROIs come from the unaugmented window (what the overlay shows).
+    """
     x = torch.from_numpy(np.stack([p.prepared.array for p in batch])[:, None]).to(device)
     with torch.inference_mode():
         out = member.module(x)
     crop_h, crop_w = member.spec.hyperparameters.crop_shape
     probs = out.y_fusion.float().cpu().numpy()
+    if augmented:
+        uids = [p.image.sop_instance_uid for p in batch]
+        flat = [a for uid in uids for a in augmented[uid]]
+        aug = _forward_probabilities(member, flat, device).reshape(len(uids), -1, probs.shape[1])
+        probs = aug.mean(axis=1)
     saliency = out.saliency_map.float().cpu().numpy()
     locations = out.patch_locations.cpu().numpy()
     attention = out.patch_attention.float().cpu().numpy()
@@ -218,6 +238,15 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         prepared = _prepare_all(scorable, sizes, pool)
     timings["decode_preprocess_s"] = prepared.seconds
 
+    augmented: dict[tuple[str, tuple[int, int]], list[np.ndarray]] = {}
+    if settings.tta_samples:
+        t0 = time.perf_counter()
+        for index, (key, prep) in enumerate(sorted(prepared.by_key.items())):
+            samples = sample_windows(prep.prepared, settings.tta_samples,
+                                     settings.tta_seed + index)
+            augmented[key] = [sample.array for sample in samples]
+        timings["tta_windows_s"] = time.perf_counter() - t0
+
     member_infos: list[MemberInfo] = []
     view_scores: list[ViewScore] = []
     for member in ensemble.members:
@@ -233,7 +262,12 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         try:
             if not batch:
                 raise ScoringError("no view of the exam could be decoded and preprocessed")
-            view_scores.extend(_run_member(member, batch, ensemble.device))
+            member_aug = {
+                img.sop_instance_uid: augmented[(img.sop_instance_uid, member.spec.input_size[img.view])]
+                for img in scorable
+                if (img.sop_instance_uid, member.spec.input_size[img.view]) in augmented
+            }
+            view_scores.extend(_run_member(member, batch, ensemble.device, member_aug or None))
             member_infos.append(MemberInfo(**info))  # type: ignore[arg-type]
         except (TriageError, RuntimeError, ValueError) as exc:
             log.exception("member failed", extra={"member": member.spec.name,
@@ -278,8 +312,8 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         exam_score=score,
         category=category.name,
         not_triaged_reason=category.reason,
-        tta_samples=0,
-        tta_seed=None,
+        tta_samples=settings.tta_samples,
+        tta_seed=settings.tta_seed if settings.tta_samples else None,
         timings=timings,
         device=str(ensemble.device),
         partial=partial,

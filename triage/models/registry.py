@@ -24,6 +24,7 @@ from torch import nn
 
 from triage.errors import ModelError
 from triage.models.gmic import GMIC, GMICConfig
+from triage.models.gmic3d import GMIC3D, GMIC3D_SLICE_SHAPE, GMIC3DConfig
 from triage.vocabulary import View
 
 
@@ -189,9 +190,64 @@ def _gmic_testing() -> ModelSpec:
         modality="ffdm",
         weights=WeightSpec(file_name="gmic-testing-small.pt"),
         licence=NO_WEIGHTS_LICENCE,
-        intended_use="Automated tests of the product only (TRIAGE_TESTING=1). Never clinical.",
+        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
+                      "use. Never clinical."),
         paper=GMIC_PAPER,
         extra=MappingProxyType({TESTING_ONLY: True}),
+    )
+
+
+# -- 3D-GMIC (Park et al.): DBT volumes ------------------------------------------------
+GMIC3D_PAPER = ("Park et al., 3D-GMIC: an efficient deep neural network to find small "
+                "objects in large 3D images")
+GMIC3D_REPOSITORY = "nyukat/3D_GMIC"
+GMIC3D_VERSION = "1.0.0"
+GMIC3D_INPUT_SIZE: Mapping[View, tuple[int, int]] = MappingProxyType(
+    {View.CC: GMIC3D_SLICE_SHAPE, View.MLO: GMIC3D_SLICE_SHAPE}
+)
+
+#: (repository path, git blob id, pooling percentage t per slice, K) of each published
+#: 3D-GMIC file, as recorded in the fixtures' ``published_weights.json``.
+PUBLISHED_GMIC3D_FILES: tuple[tuple[str, str, float, int], ...] = (
+    ("models/sample_model_1.p", "59f84263030e667a5a0fab02397b94d192347842",
+     1.5108578607685, 12),
+    ("models/sample_model_2.p", "49b62d22479744852c3e8e86cd043b9abb5ff244",
+     2.0584660301930686, 12),
+    ("models/sample_model_3.p", "d5089a3bffb36a847bcf1bc6d54f47a23b845421",
+     1.1336909878403076, 8),
+    ("models/sample_model_4.p", "15d2840da160a58d8535f4ed42d3ba4f4ea12d11",
+     1.5651680987233705, 16),
+    ("models/sample_model_5.p", "26af09a98019d826f3cc182ee37a42234deafdb3",
+     2.293890202354881, 8),
+)
+
+
+def _build_gmic3d(config: GMIC3DConfig) -> nn.Module:
+    return GMIC3D(config)
+
+
+def _gmic3d_published(index: int, path: str, blob: str, percent_t: float, k: int) -> ModelSpec:
+    name = f"gmic3d-resnet18-{index}"
+    return ModelSpec(
+        name=name,
+        version=GMIC3D_VERSION,
+        architecture=(f"3D-GMIC (global ResNet-22 with GroupNorm(8) per slice, relu(tanh) "
+                      f"saliency, local ResNet-18, K={k}, 256x256 ROI, zeta 10, output mean of "
+                      "global and local)"),
+        builder=_build_gmic3d,
+        hyperparameters=GMIC3DConfig(percent_t=percent_t, k=k),
+        input_size=GMIC3D_INPUT_SIZE,
+        preprocessing="gmic3d",
+        modality="dbt",
+        weights=WeightSpec(
+            file_name=f"{name}.pt",
+            git_blob_id=blob,
+            published_repository=GMIC3D_REPOSITORY,
+            published_path=path,
+        ),
+        licence=NYU_LICENCE,
+        intended_use=NYU_INTENDED_USE,
+        paper=GMIC3D_PAPER,
     )
 
 
@@ -199,6 +255,8 @@ def _catalogue() -> dict[str, ModelSpec]:
     specs = [_gmic_published(i, path, blob, t)
              for i, (path, blob, t) in enumerate(PUBLISHED_GMIC_FILES, start=1)]
     specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50"), _gmic_testing()]
+    specs += [_gmic3d_published(i, path, blob, t, k)
+              for i, (path, blob, t, k) in enumerate(PUBLISHED_GMIC3D_FILES, start=1)]
     return {spec.name: spec for spec in specs}
 
 

@@ -522,13 +522,16 @@ def load_member(name: str, settings: Settings, device: torch.device,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(demo_seed(name))  # "random" weights are at least reproducible
         module = _instantiate(spec, {})
-    path: Path | None = None
-    sha256: str | None = None
     if entry is None:
-        logger.warning("model runs with random weights", extra={"model": name})
-    else:
-        path = settings.models_dir / entry.file
-        sha256 = load_weights(module, path, entry.sha256, spec.weights.state_dict_key).sha256
+        raise WeightsError(
+            f"model {name} has no weights file in {settings.models_dir}: import the published "
+            f"file with `triage models import FILE --as {name}` (or run `triage serve --demo` "
+            "for seeded demo weights); random weights are never used to score an exam"
+        )
+    path: Path | None = settings.models_dir / entry.file
+    assert path is not None
+    sha256: str | None = load_weights(module, path, entry.sha256,
+                                      spec.weights.state_dict_key).sha256
     module = module.float().to(device).eval()
     return LoadedModel(module=module, spec=spec, weights_status=status, sha256=sha256,
                        path=path)
