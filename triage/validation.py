@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 from triage.config import Settings
 from triage.errors import ModelError, PreprocessingError, TriageError
 from triage.models.gmic import GMIC, GMICConfig, GMICOutput
+from triage.models.gmic3d import GMIC3D, GMIC3DConfig, GMIC3DOutput
 from triage.models.registry import (
     PUBLISHED_GMIC_FILES,
     PUBLISHED_GMIC_SAMPLE_MODEL,
@@ -45,6 +47,7 @@ from triage.models.registry import (
 )
 from triage.models.roi import greedy_windows, map_to_input, normalized_criterion_map
 from triage.models.roi import window_on_map as roi_window_on_map
+from triage.models.roi3d import retrieve_roi_from_3d_image
 from triage.models.weights import (
     import_weights,
     load_state,
@@ -432,6 +435,138 @@ class PreprocessingChecks:
 PROVIDERS: list[CheckProvider] = [PreprocessingChecks(), Roi2dChecks(), GmicChecks()]
 
 
+# -- 3D-GMIC and its ROI retrieval (roi3d/, gmic3d/) ----------------------------------
+_ROI3D_KEY = re.compile(r"^case(\d+)_K(\d+)_zeta(\d+)_slices$")
+
+
+class Roi3dChecks:
+    """3D-GMIC's greedy ROI + slice retrieval on every case, K and zeta of
+    ``retrieve_roi_3d.npz`` (one result per K, zeta and output, naming failing cases)."""
+
+    prefix = "roi3d"
+    file_name = "retrieve_roi_3d.npz"
+    outputs = ("slices", "cam_positions", "patch_locations", "cam_positions_all_slices")
+
+    def available(self, fixtures: Path) -> bool:
+        return (fixtures / self.file_name).is_file()
+
+    def checks(self, fixtures: Path, device: torch.device) -> Iterator[CheckResult]:
+        with np.load(fixtures / self.file_name) as data:
+            ref = {k: data[k] for k in data.files}
+        input_hw = (int(ref["input_hw"][0]), int(ref["input_hw"][1]))
+        crop = (int(ref["crop_shape"][0]), int(ref["crop_shape"][1]))
+        kinds = [str(k) for k in ref.get("case_kind", np.array([], dtype=str))]
+        runs: dict[tuple[int, int], list[int]] = {}
+        for key in ref:
+            match = _ROI3D_KEY.match(key)
+            if match:
+                case, k, zeta = (int(g) for g in match.groups())
+                runs.setdefault((k, zeta), []).append(case)
+        if not runs:
+            yield CheckResult(f"{self.prefix}/cases", 0.0, 0.0, False, 0.0,
+                              "no caseNN_K*_zeta*_slices arrays in the file")
+            return
+        if "window_on_cam" in ref and "cam_hw" in ref:
+            cam_hw = (int(ref["cam_hw"][0]), int(ref["cam_hw"][1]))
+            yield compare_exact(f"{self.prefix}/window_on_cam",
+                                roi_window_on_map(crop, cam_hw, input_hw), ref["window_on_cam"])
+        for (k, zeta), cases in sorted(runs.items()):
+            wrong: dict[str, list[int]] = {label: [] for label in self.outputs}
+            worst = dict.fromkeys(self.outputs, 0.0)
+            for case in sorted(cases):
+                prefix = f"case{case:02d}_K{k}_zeta{zeta}_"
+                saliency = torch.from_numpy(
+                    ref[f"case{case:02d}_saliency"].astype(np.float32)).to(device)
+                out = retrieve_roi_from_3d_image(saliency, k, crop, input_hw, zeta)
+                for label in self.outputs:
+                    expected = ref.get(prefix + label)
+                    if expected is None:
+                        continue
+                    result = compare_exact(label, getattr(out, label).cpu().numpy(), expected)
+                    worst[label] = max(worst[label], result.max_abs_error)
+                    if not result.passed:
+                        wrong[label].append(case)
+            for label in self.outputs:
+                detail = "cases " + ", ".join(
+                    f"{i}({kinds[i] if i < len(kinds) else '?'})" for i in wrong[label][:8])
+                yield CheckResult(f"{self.prefix}/K{k}/zeta{zeta}/{label}", worst[label], 0.0,
+                                  not wrong[label], 0.0, detail if wrong[label] else "")
+
+
+#: The file names of the 3D-GMIC fixture family.
+GMIC3D_SUMMARY = "gmic3d_summary.json"
+GMIC3D_IO = "gmic3d_io.npz"
+GMIC3D_WEIGHTS = "gmic3d_weights_fp16.pt"
+GMIC3D_KEYS = "keys_gmic3d.json"
+
+
+class Gmic3dChecks:
+    """3D-GMIC forward pass with the fixture weights on the fixture DBT volume."""
+
+    prefix = "gmic3d"
+
+    def available(self, fixtures: Path) -> bool:
+        return all((fixtures / f).is_file() for f in (GMIC3D_SUMMARY, GMIC3D_IO, GMIC3D_WEIGHTS))
+
+    def checks(self, fixtures: Path, device: torch.device) -> Iterator[CheckResult]:
+        p = self.prefix
+        summary = _read_json(fixtures / GMIC3D_SUMMARY)
+        hp = hyperparameters(fixtures, GMIC3D_SUMMARY)
+        model = GMIC3D(GMIC3DConfig.from_hyperparameters(hp))
+        if (fixtures / GMIC3D_KEYS).is_file():
+            listed = [(item["key"], tuple(item["shape"]))
+                      for item in _read_json(fixtures / GMIC3D_KEYS)]
+            ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+            differing = sorted(set(listed) ^ set(ours))
+            yield CheckResult(f"{p}/state_dict_keys", float(len(differing)), 0.0,
+                              not differing and [k for k, _ in listed] == [k for k, _ in ours],
+                              0.0, ", ".join(k for k, _ in differing[:5]))
+        try:
+            load_state(model, read_state_dict(fixtures / GMIC3D_WEIGHTS),
+                       str(fixtures / GMIC3D_WEIGHTS))
+        except TriageError as exc:
+            yield _failure(f"{p}/load_strict", exc)
+            return
+        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
+        if "n_params" in summary:
+            yield compare_exact(f"{p}/n_params", sum(t.numel() for t in model.parameters()),
+                                int(summary["n_params"]))
+
+        with np.load(fixtures / GMIC3D_IO) as data:
+            ref = {k: data[k] for k in data.files}
+        raw = ref["input_fp16"].astype(np.float32)
+        shape = tuple(int(s) for s in hp.get("input_shape", (1, 1, *raw.shape)))
+        x = torch.from_numpy(raw.reshape(shape))  # stays on the CPU; chunks move to device
+        model = model.float().to(device).eval()
+        with torch.inference_mode():
+            out: GMIC3DOutput = model(x, return_crops=True)
+
+        def np_(t: torch.Tensor) -> np.ndarray:
+            return t.detach().float().cpu().numpy()
+
+        probabilities = {"saliency_map": out.saliency_map, "y_global": out.y_global,
+                         "y_local": out.y_local, "final_prediction": out.final_prediction,
+                         "patch_attns": out.patch_attention}
+        for key, tensor in probabilities.items():
+            if key in ref:
+                yield compare_close(f"{p}/{key}", np_(tensor), ref[key], PROBABILITY_ATOL)
+        slices = out.slice_numbers.cpu().numpy().reshape(-1, 1)
+        for key in ("max_slice_numbers", "intended_max_slice_numbers"):
+            if key in ref:  # eval mode: the cropped slice is the winning one
+                yield compare_exact(f"{p}/{key}", slices, ref[key])
+        if "patch_locations" in ref:
+            yield compare_exact(f"{p}/patch_locations",
+                                out.patch_locations_all_slices.cpu().numpy(),
+                                ref["patch_locations"])
+        if "patches_fp16" in ref and out.crops is not None:
+            expected = ref["patches_fp16"]
+            crops = out.crops.detach().cpu().numpy().astype(expected.dtype)[:, :, None]
+            yield compare_close(f"{p}/patches", crops, expected, 0.0)  # (1, K, 1, hc, wc)
+
+
+PROVIDERS += [Roi3dChecks(), Gmic3dChecks()]
+
+
 def run_reference_checks(fixtures: Path, device: torch.device | None = None,
                          only: Sequence[str] = (),
                          providers: Sequence[CheckProvider] | None = None) -> ReferenceReport:
@@ -453,6 +588,10 @@ def run_reference_checks(fixtures: Path, device: torch.device | None = None,
                 report.results.append(result)
         except (TriageError, OSError, ValueError, KeyError, RuntimeError) as exc:
             report.results.append(_failure(f"{provider.prefix}/error", exc))
+    if Roi3dChecks.prefix in ran:
+        report.notes.append(
+            "roi3d: the degenerate zero-class case is not checked: the reference turns it into "
+            "NaN and picks slice 0, (0, 0); triage deliberately treats a constant class as 0")
     if Roi2dChecks.prefix in ran:
         report.notes.append(
             "roi2d: the degenerate constant-channel case is not checked: the reference turns "

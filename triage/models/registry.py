@@ -231,7 +231,7 @@ def _gmic3d_published(index: int, path: str, blob: str, percent_t: float, k: int
     return ModelSpec(
         name=name,
         version=GMIC3D_VERSION,
-        architecture=(f"3D-GMIC (global ResNet-22 with GroupNorm(8) per slice, relu(tanh) "
+        architecture=("3D-GMIC (global ResNet-22 with GroupNorm(8) per slice, relu(tanh) "
                       f"saliency, local ResNet-18, K={k}, 256x256 ROI, zeta 10, output mean of "
                       "global and local)"),
         builder=_build_gmic3d,
