@@ -318,15 +318,25 @@ def saliency_peak(view: ViewScore, saliency: np.ndarray) -> SaliencyPeak:
     """Peak of a saliency map that spans the model input (any resolution).
 
     Cell (i, j) of an (h, w) map covers input rows [i*H/h, (i+1)*H/h); its centre is
-    mapped to the source through ``view.frame`` and clipped to the image.
+    mapped to the source through ``view.frame`` and clipped to the image. Cells whose
+    centre lies on padding (no source pixel: the overlay shows no saliency there) are left
+    out; only a map with no cell over the image falls back to every cell.
     """
     sal = np.asarray(saliency, dtype=np.float64)
     if sal.ndim != 2 or sal.size == 0:
         raise ValueError(f"saliency map must be 2-D and non-empty, got shape {sal.shape}")
-    i, j = np.unravel_index(int(np.argmax(sal)), sal.shape)
-    in_h, in_w = view.frame.input_shape
-    row_in = (i + 0.5) * in_h / sal.shape[0] - 0.5
-    col_in = (j + 0.5) * in_w / sal.shape[1] - 0.5
+    frame = view.frame
+    in_h, in_w = frame.input_shape
+    centre_rows = (np.arange(sal.shape[0]) + 0.5) * in_h / sal.shape[0] - 0.5
+    centre_cols = (np.arange(sal.shape[1]) + 0.5) * in_w / sal.shape[1] - 0.5
+    top, left = frame.pad_top - frame.window_top, frame.pad_left - frame.window_left
+    crop_h, crop_w = frame.cropped_shape
+    on_rows = (centre_rows >= top) & (centre_rows <= top + crop_h - 1)
+    on_cols = (centre_cols >= left) & (centre_cols <= left + crop_w - 1)
+    on_image = on_rows[:, None] & on_cols[None, :]
+    candidates = np.where(on_image, sal, -np.inf) if on_image.any() else sal
+    i, j = np.unravel_index(int(np.argmax(candidates)), sal.shape)
+    row_in, col_in = float(centre_rows[i]), float(centre_cols[j])
     row_s, col_s = view.frame.to_source(row_in, col_in)
     rows, cols = view.frame.source_shape
     row_s = float(min(max(row_s, 0.0), rows - 1))
