@@ -139,9 +139,25 @@ def display_gray(image: np.ndarray, source: Dataset) -> np.ndarray:
     return np.round(gray * 255).astype(np.uint8)
 
 
-def _blend(rgb: np.ndarray, saliency: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
-    alpha = (ALPHA_MAX * np.clip(saliency, 0.0, 1.0))[..., None]
-    return rgb * (1.0 - alpha) + np.asarray(color, dtype=np.float64) * alpha
+def _blend(gray: np.ndarray, malignant: np.ndarray, benign: np.ndarray) -> np.ndarray:
+    """Grey image tinted by malignant then benign saliency (alpha blend), as RGB uint8.
+
+    float32, one channel at a time: a full-size mammogram is ~14 Mpixel per channel.
+    """
+    a_m = (ALPHA_MAX * np.clip(malignant, 0.0, 1.0)).astype(np.float32)
+    a_b = (ALPHA_MAX * np.clip(benign, 0.0, 1.0)).astype(np.float32)
+    keep_m, keep_b = 1.0 - a_m, 1.0 - a_b
+    g = gray.astype(np.float32)
+    out = np.empty((*gray.shape, 3), dtype=np.uint8)
+    for c in range(3):
+        channel = g * keep_m
+        channel += np.float32(MALIGNANT_RGB[c]) * a_m
+        channel *= keep_b
+        channel += np.float32(BENIGN_RGB[c]) * a_b
+        np.rint(channel, out=channel)
+        np.clip(channel, 0, 255, out=channel)
+        out[..., c] = channel
+    return out
 
 
 def _text_scale(width: int) -> float:
@@ -242,10 +258,7 @@ def render_overlay(
         benign = cv2.resize(benign, size, interpolation=cv2.INTER_AREA)
         rows, cols = gray.shape
 
-    rgb = np.repeat(gray[..., None].astype(np.float64), 3, axis=2)
-    rgb = _blend(rgb, malignant, MALIGNANT_RGB)
-    rgb = _blend(rgb, benign, BENIGN_RGB)
-    image = np.ascontiguousarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8))
+    image = _blend(gray, malignant, benign)
 
     text_scale = _text_scale(cols)
     thickness = max(1, round(text_scale * 1.6))
