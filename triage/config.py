@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     dicom_port: int = 11112
     ae_title: str = "TRIAGE"
     allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_pdu_size: int = 0  # 0 = unlimited; we advertise the largest the peer accepts
+    max_pdu_size: int = 0  # 0 = the listener advertises 1 MiB (never "unlimited": memory)
 
     # exam assembly
     quiet_seconds: float = 30.0
