@@ -37,8 +37,17 @@ import torch
 
 from triage.config import Settings
 from triage.errors import ModelError, PreprocessingError, TriageError
+from triage.models.densenet import DenseNet, DenseNetConfig
+from triage.models.dmv_cnn import (
+    DMVConfig,
+    ImageBreastModel,
+    SingleImageBreastModel,
+    build_dmv_cnn,
+    single_image_state,
+)
 from triage.models.gmic import GMIC, GMICConfig, GMICOutput
 from triage.models.gmic3d import GMIC3D, GMIC3DConfig, GMIC3DOutput
+from triage.models.heatmaps import gather_patches, patch_corners
 from triage.models.registry import (
     PUBLISHED_GMIC_FILES,
     PUBLISHED_GMIC_SAMPLE_MODEL,
@@ -565,6 +574,269 @@ class Gmic3dChecks:
 
 
 PROVIDERS += [Roi3dChecks(), Gmic3dChecks()]
+
+
+# -- DMV-CNN and its patch classifier (dmv-cnn/, patch/) --------------------------------
+#: The file names of the DMV-CNN fixture family.
+DMV_SUMMARY = "dmv_cnn_summary.json"
+DMV_OUTPUTS = "dmv_cnn_outputs.npz"
+DMV_WEIGHTS = "dmv_cnn_view_split_weights_fp16.pt"
+DMV_HEADS = "dmv_cnn_image_wise_heads_fp16.pt"
+DMV_KEYS = "keys_dmv_cnn_view_split.json"
+DMV_IMAGE_WISE_KEYS = "keys_dmv_cnn_image_wise.json"
+DMV_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+
+
+def _layout_check(name: str, model: torch.nn.Module, keys_file: Path) -> CheckResult:
+    """The model's state_dict keys, order and shapes against a ``keys_*.json`` listing."""
+    listed = [(item["key"], tuple(item["shape"])) for item in _read_json(keys_file)]
+    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    differing = sorted(set(listed) ^ set(ours))
+    same_order = [k for k, _ in listed] == [k for k, _ in ours]
+    return CheckResult(name, float(len(differing)), 0.0, not differing and same_order, 0.0,
+                       ", ".join(k for k, _ in differing[:5]) or ("" if same_order
+                                                                  else "key order differs"))
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters())
+
+
+class DmvCnnChecks:
+    """DMV-CNN (view-wise, image-wise, single-image) with the fixture weights on the
+    fixture's reduced-size exam, and at full size from ``images/`` when they are there."""
+
+    prefix = "dmv-cnn"
+
+    def available(self, fixtures: Path) -> bool:
+        return all((fixtures / f).is_file() for f in (DMV_SUMMARY, DMV_OUTPUTS, DMV_WEIGHTS))
+
+    def checks(self, fixtures: Path, device: torch.device) -> Iterator[CheckResult]:
+        p = self.prefix
+        summary = _read_json(fixtures / DMV_SUMMARY)
+        hp = hyperparameters(fixtures, DMV_SUMMARY)
+        model = build_dmv_cnn(DMVConfig.from_hyperparameters(hp))
+        if (fixtures / DMV_KEYS).is_file():
+            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / DMV_KEYS)
+        state = read_state_dict(fixtures / DMV_WEIGHTS, "model")
+        try:
+            load_state(model, state, str(fixtures / DMV_WEIGHTS))
+        except TriageError as exc:
+            yield _failure(f"{p}/load_strict", exc)
+            return
+        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
+        if "n_params_view_split" in summary:
+            yield compare_exact(f"{p}/n_params", _n_params(model),
+                                int(summary["n_params_view_split"]))
+        model = model.float().to(device).eval()
+        with np.load(fixtures / DMV_OUTPUTS) as data:
+            ref = {k: data[k] for k in data.files}
+        inputs = {v: torch.from_numpy(ref[f"input_{v}"].astype(np.float32))[None, None]
+                  .to(device) for v in DMV_VIEWS if f"input_{v}" in ref}
+        if len(inputs) == len(DMV_VIEWS):
+            with torch.inference_mode():
+                out = model(*(inputs[v] for v in DMV_VIEWS))
+            yield from self._view_wise(f"{p}", out, ref, "")
+            features = dict(zip(DMV_VIEWS, out.features, strict=True))
+            for view in DMV_VIEWS:
+                if f"avgpool_{view}" in ref:
+                    yield compare_close(f"{p}/avgpool_{view}", features[view].cpu().numpy(),
+                                        ref[f"avgpool_{view}"], FEATURE_ATOL, FEATURE_RTOL)
+            if (fixtures / DMV_HEADS).is_file():
+                yield from self._image_wise(fixtures, summary, state, inputs, ref, device)
+        if "full_CC_logprob" in ref or "full_MLO_logprob" in ref:
+            yield from self._full_resolution(fixtures, summary, model, ref, device)
+
+    @staticmethod
+    def _view_wise(p: str, out: Any, ref: Mapping[str, np.ndarray],
+                   key_prefix: str) -> Iterator[CheckResult]:
+        for angle, tensor in (("CC", out.cc_logprob), ("MLO", out.mlo_logprob)):
+            key = f"{key_prefix}{angle}_logprob"
+            if key in ref:
+                yield compare_close(f"{p}/{key}", tensor.float().cpu().numpy(), ref[key],
+                                    FEATURE_ATOL, FEATURE_RTOL)
+
+    def _image_wise(self, fixtures: Path, summary: Mapping[str, Any],
+                    view_split_state: Mapping[str, torch.Tensor],
+                    inputs: Mapping[str, torch.Tensor], ref: Mapping[str, np.ndarray],
+                    device: torch.device) -> Iterator[CheckResult]:
+        p = f"{self.prefix}/image_wise"
+        heads = read_state_dict(fixtures / DMV_HEADS, "model")
+        columns = {k: v for k, v in view_split_state.items()
+                   if k.startswith("four_view_resnet.")}
+        state = {**columns, **heads}
+        model = ImageBreastModel()
+        if (fixtures / DMV_IMAGE_WISE_KEYS).is_file():
+            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / DMV_IMAGE_WISE_KEYS)
+        try:
+            load_state(model, state, f"{fixtures / DMV_HEADS} + view-split columns")
+        except TriageError as exc:
+            yield _failure(f"{p}/load_strict", exc)
+            return
+        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
+        if "n_params_image_wise_full" in summary:
+            yield compare_exact(f"{p}/n_params", _n_params(model),
+                                int(summary["n_params_image_wise_full"]))
+        model = model.float().to(device).eval()
+        with torch.inference_mode():
+            out = model(*(inputs[v] for v in DMV_VIEWS))
+        logprobs = dict(zip(DMV_VIEWS, out.logprob, strict=True))
+        for view in DMV_VIEWS:
+            key = f"image_wise_logprob_{view}"
+            if key not in ref:
+                continue
+            # the image-wise model's first two rows are the single-image (benign, malignant)
+            yield compare_close(f"{p}/logprob_{view}", logprobs[view][:, :2].cpu().numpy(),
+                                ref[key], FEATURE_ATOL, FEATURE_RTOL)
+            laterality, angle = view.split("-")
+            single = SingleImageBreastModel()
+            try:
+                load_state(single, single_image_state(state, Laterality(laterality),
+                                                      View(angle)), f"single-image {view}")
+            except TriageError as exc:
+                yield _failure(f"{self.prefix}/single_image/{view}", exc)
+                continue
+            if "n_params_single_image" in summary and view == DMV_VIEWS[0]:
+                yield compare_exact(f"{self.prefix}/single_image/n_params", _n_params(single),
+                                    int(summary["n_params_single_image"]))
+            with torch.inference_mode():
+                single_out = single.float().to(device).eval()(inputs[view])
+            yield compare_close(f"{self.prefix}/single_image/logprob_{view}",
+                                single_out.logprob.cpu().numpy(), ref[key],
+                                FEATURE_ATOL, FEATURE_RTOL)
+
+    def _full_resolution(self, fixtures: Path, summary: Mapping[str, Any],
+                         model: torch.nn.Module, ref: Mapping[str, np.ndarray],
+                         device: torch.device) -> Iterator[CheckResult]:
+        """Rebuild the full-size inputs from ``images/`` (reference preprocessing, rounded to
+        float16 like the fixture), check their sha256 and the model outputs."""
+        from triage.imaging import prepare_view
+
+        p = f"{self.prefix}/full"
+        exam = summary.get("exam", {})
+        sizes = summary.get("hyperparameters", {}).get("full_resolution_input_sizes", {})
+        digests = summary.get("full_res", {}).get("input_sha256_float32_of_fp16_rounded", {})
+        paths = {v: fixtures / "images" / str(exam.get(v, "")) for v in DMV_VIEWS}
+        if not sizes or not all(exam.get(v) and paths[v].is_file() for v in DMV_VIEWS):
+            yield CheckResult(f"{p}/inputs", float("inf"), 0.0, False, 0.0,
+                              "full-resolution outputs are in the fixtures but the exam's "
+                              "images/ or input sizes are not")
+            return
+        arrays = []
+        for view in DMV_VIEWS:
+            laterality, angle = view.split("-")
+            try:
+                prepared = prepare_view(read_png(paths[view]), Laterality(laterality),
+                                        View(angle), (int(sizes[angle][0]), int(sizes[angle][1])))
+            except (TriageError, ValueError) as exc:
+                yield _failure(f"{p}/input_{view}", exc)
+                return
+            rounded = prepared.array.astype(np.float16).astype(np.float32)
+            if view in digests:
+                ok = hashlib.sha256(rounded.tobytes()).hexdigest() == digests[view]
+                yield CheckResult(f"{p}/input_sha256_{view}", 0.0 if ok else 1.0, 0.0, ok, 0.0,
+                                  "" if ok else "sha256 of the float16-rounded input differs")
+            arrays.append(torch.from_numpy(rounded)[None, None].to(device))
+        with torch.inference_mode():
+            out = model(*arrays)
+        yield from self._view_wise(p, out, ref, "full_")
+
+
+#: The file names of the patch-classifier fixture family.
+PATCH_SUMMARY = "patch_classifier_summary.json"
+PATCH_IO = "patch_classifier_io.npz"
+PATCH_WEIGHTS = "patch_densenet121_weights_fp16.pt"
+PATCH_KEYS = "keys_patch_densenet121.json"
+
+
+class PatchClassifierChecks:
+    """The DenseNet-121 patch classifier on the fixture patches, and the patch grid (stride
+    lists, patches) of the fixture image when ``images/`` has it."""
+
+    prefix = "patch"
+
+    def _weights(self, fixtures: Path) -> Path:
+        if (fixtures / PATCH_SUMMARY).is_file():
+            name = _read_json(fixtures / PATCH_SUMMARY).get("weights")
+            if name:
+                return fixtures / str(name)
+        return fixtures / PATCH_WEIGHTS
+
+    def available(self, fixtures: Path) -> bool:
+        return (all((fixtures / f).is_file() for f in (PATCH_SUMMARY, PATCH_IO))
+                and self._weights(fixtures).is_file())
+
+    def checks(self, fixtures: Path, device: torch.device) -> Iterator[CheckResult]:
+        p = self.prefix
+        summary = _read_json(fixtures / PATCH_SUMMARY)
+        hp = hyperparameters(fixtures, PATCH_SUMMARY)
+        config = DenseNetConfig(num_classes=int(hp.get("number_of_classes", 4)),
+                                input_channels=int(hp.get("input_channels", 3)),
+                                patch_size=int(hp.get("patch_size", 256)))
+        model = DenseNet(config)
+        if (fixtures / PATCH_KEYS).is_file():
+            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / PATCH_KEYS)
+        weights = self._weights(fixtures)
+        try:
+            load_state(model, read_state_dict(weights), str(weights))
+        except TriageError as exc:
+            yield _failure(f"{p}/load_strict", exc)
+            return
+        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
+        if "n_params" in summary:
+            yield compare_exact(f"{p}/n_params", _n_params(model), int(summary["n_params"]))
+        model = model.float().to(device).eval()
+        with np.load(fixtures / PATCH_IO) as data:
+            ref = {k: data[k] for k in data.files}
+        patches = torch.from_numpy(ref["patches_fp16"].astype(np.float32))[:, None].to(device)
+        with torch.inference_mode():
+            out = model(patches)  # replicated to the input channels by the model
+        if "logits" in ref:
+            yield compare_close(f"{p}/logits", out.logits.cpu().numpy(), ref["logits"],
+                                FEATURE_ATOL, FEATURE_RTOL)
+        if "softmax" in ref:
+            yield compare_close(f"{p}/softmax", out.probabilities.cpu().numpy(), ref["softmax"],
+                                PROBABILITY_ATOL)
+        image = fixtures / "images" / str(summary.get("image", ""))
+        if summary.get("image") and image.is_file():
+            yield from self._grid(fixtures, summary, hp, image, ref)
+
+    def _grid(self, fixtures: Path, summary: Mapping[str, Any], hp: Mapping[str, Any],
+              image: Path, ref: Mapping[str, np.ndarray]) -> Iterator[CheckResult]:
+        """Crop the fixture image, draw the grid as the reference does, compare the stride
+        lists and the patches taken through the heatmap patch extraction."""
+        import random
+
+        from triage.imaging import crop_and_flip, patch_grid, standardize_whole
+
+        p = f"{self.prefix}/grid"
+        try:
+            laterality, _ = _laterality_view({"view": summary.get("view")}, image.name)
+            _, flipped = crop_and_flip(read_png(image), laterality is Laterality.LEFT)
+            grid = patch_grid(flipped.shape, random.Random(int(hp.get("python_random_seed", 0))),
+                              patch_size=int(hp.get("patch_size", 256)),
+                              stride=int(hp.get("stride_fixed", 70)))
+        except (TriageError, ValueError) as exc:
+            yield _failure(f"{p}/stride_lists", exc)
+            return
+        if "cropped_shape" in summary:
+            yield compare_exact(f"{p}/cropped_shape", list(flipped.shape),
+                                summary["cropped_shape"])
+        # the reference calls the list along the image height "width_stride_list"
+        for key, ours in (("width_stride_list", grid.row_strides),
+                          ("length_stride_list", grid.col_strides)):
+            if key in summary:
+                yield compare_exact(f"{p}/{key}", list(ours), summary[key])
+        if "n_patches_total" in summary:
+            yield compare_exact(f"{p}/n_patches_total", len(grid), summary["n_patches_total"])
+        if "patch_indices" in ref and "patches_fp16" in ref:
+            standardized = torch.from_numpy(standardize_whole(flipped)).float()
+            corners = patch_corners(grid)[torch.from_numpy(ref["patch_indices"]).long()]
+            taken = gather_patches(standardized, corners, grid.patch_size)
+            yield compare_close(f"{p}/patches", taken.half().numpy(), ref["patches_fp16"], 0.0)
+
+
+PROVIDERS += [DmvCnnChecks(), PatchClassifierChecks()]
 
 
 def run_reference_checks(fixtures: Path, device: torch.device | None = None,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, TypeVar
 
 import typer
@@ -50,10 +54,24 @@ def configure_logging(settings: Settings) -> None:
     setup_logging(settings.log_level, json_lines=settings.log_json)
 
 
+def stop_event_on_signals() -> threading.Event:
+    """An event set by SIGINT (Ctrl-C) or SIGTERM, for commands that serve until stopped."""
+    stop = threading.Event()
+    log = logging.getLogger("triage.cli")
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    return stop
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     with handled_errors():
         return fn()
 
 
 __all__ = ["configure_logging", "echo_json", "handled_errors", "open_database",
-           "run_guarded", "settings_or_exit", "sys"]
+           "run_guarded", "settings_or_exit", "stop_event_on_signals", "sys"]

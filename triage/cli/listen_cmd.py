@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
 import typer
 
@@ -15,6 +12,7 @@ from triage.cli.common import (
     handled_errors,
     open_database,
     settings_or_exit,
+    stop_event_on_signals,
 )
 from triage.config import Destination, validate_ae_title
 from triage.db import migrate
@@ -32,14 +30,7 @@ def listen() -> None:
 
     settings = settings_or_exit()
     configure_logging(settings)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = stop_event_on_signals()
     with handled_errors():
         settings.prepare_directories()
         migrate.upgrade(settings.resolved_database_url)

@@ -8,15 +8,19 @@ result and prints its worklist line and where the outputs went.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from types import FrameType
 
 import typer
 from sqlalchemy import select
 
-from triage.cli.common import configure_logging, handled_errors, open_database, settings_or_exit
+from triage.cli.common import (
+    configure_logging,
+    handled_errors,
+    open_database,
+    settings_or_exit,
+    stop_event_on_signals,
+)
 from triage.cli.demo_cmd import send_demo_exam
 from triage.cli.worklist_cmd import format_entry
 from triage.config import Destination, Settings, load_settings
@@ -71,14 +75,7 @@ def serve(demo: bool = typer.Option(False, "--demo", help=(
     """Run the product in the foreground until Ctrl-C."""
     settings = settings_or_exit()
     configure_logging(settings)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = stop_event_on_signals()
     with handled_errors():
         settings.prepare_directories()
         migrate.upgrade(settings.resolved_database_url)

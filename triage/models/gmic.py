@@ -73,18 +73,23 @@ class GMICConfig:
             local_network=str(hp.get("local_network", "resnet18")),
             input_shape=(int(input_shape[-2]), int(input_shape[-1])),
         )
-        cam = hp.get("cam_size")
-        if cam is not None and tuple(int(c) for c in cam) != saliency_shape(config.input_shape):
-            raise ModelError(
-                f"cam_size {tuple(cam)} does not follow from input {config.input_shape} "
-                f"(expected {saliency_shape(config.input_shape)})"
-            )
+        check_cam_size(hp, config.input_shape)
         return config
 
 
 def saliency_shape(input_hw: tuple[int, int]) -> tuple[int, int]:
-    """Saliency map size ``(h, w)`` of the GMIC global network for an input size."""
+    """Saliency map size ``(h, w)`` of the GMIC global network for an input (slice) size."""
     return ResNetV2(in_channels=1).output_shape(input_hw)
+
+
+def check_cam_size(hp: Mapping[str, Any], input_hw: tuple[int, int]) -> None:
+    """A ``cam_size`` hyper-parameter must be what the global network gives for the input."""
+    cam = hp.get("cam_size")
+    if cam is not None and tuple(int(c) for c in cam) != saliency_shape(input_hw):
+        raise ModelError(
+            f"cam_size {tuple(cam)} does not follow from input {input_hw} "
+            f"(expected {saliency_shape(input_hw)})"
+        )
 
 
 class GMICOutput(NamedTuple):

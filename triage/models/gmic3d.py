@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from triage.errors import ModelError
 from triage.models.blocks import ResNetV1, ResNetV2, group_norm
-from triage.models.gmic import SaliencyHead
+from triage.models.gmic import SaliencyHead, check_cam_size
 from triage.models.roi3d import DEFAULT_ZETA, retrieve_roi_from_3d_image
 
 #: The slice size of the published models' DBT preprocessing.
@@ -109,18 +109,8 @@ class GMIC3DConfig:
             zeta=int(hp.get("zeta_slice_threshold_dist", DEFAULT_ZETA)),
             input_shape=(int(input_shape[-2]), int(input_shape[-1])),
         )
-        cam = hp.get("cam_size")
-        if cam is not None and tuple(int(c) for c in cam) != saliency_shape(config.input_shape):
-            raise ModelError(
-                f"cam_size {tuple(cam)} does not follow from slices {config.input_shape} "
-                f"(expected {saliency_shape(config.input_shape)})"
-            )
+        check_cam_size(hp, config.input_shape)
         return config
-
-
-def saliency_shape(slice_hw: tuple[int, int]) -> tuple[int, int]:
-    """Saliency map size ``(h, w)`` of the global network for a slice size."""
-    return ResNetV2(in_channels=1).output_shape(slice_hw)
 
 
 class GMIC3DOutput(NamedTuple):

@@ -23,6 +23,8 @@ from typing import Any
 from torch import nn
 
 from triage.errors import ModelError
+from triage.models.densenet import DenseNet, DenseNetConfig
+from triage.models.dmv_cnn import DMV_INPUT_SIZE, DMVConfig, build_dmv_cnn
 from triage.models.gmic import GMIC, GMICConfig
 from triage.models.gmic3d import GMIC3D, GMIC3D_SLICE_SHAPE, GMIC3DConfig
 from triage.vocabulary import View
@@ -251,12 +253,104 @@ def _gmic3d_published(index: int, path: str, blob: str, percent_t: float, k: int
     )
 
 
+# -- DMV-CNN (Wu et al. 2019, breast_cancer_classifier) and its patch classifier ----------
+DMV_PAPER = ("Wu et al. 2019, Deep neural networks improve radiologists' performance in "
+             "breast cancer screening, IEEE TMI 39(4) (DMV-CNN)")
+DMV_REPOSITORY = "nyukat/breast_cancer_classifier"
+DMV_VERSION = "1.0.0"
+#: The patch classifier sees 256x256 patches of either view (not whole views).
+DMV_PATCH_SIZE: Mapping[View, tuple[int, int]] = MappingProxyType(
+    {View.CC: (256, 256), View.MLO: (256, 256)}
+)
+
+#: (model name, repository path, git blob id) of each published breast_cancer_classifier
+#: file this product can load, as recorded in the fixtures' ``published_weights.json``.
+PUBLISHED_DMV_FILES: tuple[tuple[str, str, str], ...] = (
+    ("dmv-cnn-image-only", "models/sample_image_model.p",
+     "286ec862ac532d27d3d63ba77ed3a46b9705f53c"),
+    ("dmv-cnn-image-and-heatmaps", "models/sample_imageheatmaps_model.p",
+     "312ea110370017eaf9b2ddeb7571d2f99bcfd4d1"),
+    ("dmv-patch-densenet121", "models/sample_patch_model.p",
+     "44ce52382562085dcd5becde74fff087b2f31cd4"),
+)
+
+
+def _build_dmv(config: DMVConfig) -> nn.Module:
+    return build_dmv_cnn(config)
+
+
+def _build_patch_classifier(config: DenseNetConfig) -> nn.Module:
+    return DenseNet(config)
+
+
+def _dmv_specs() -> list[ModelSpec]:
+    files = {name: (path, blob) for name, path, blob in PUBLISHED_DMV_FILES}
+
+    def weights(name: str, state_dict_key: str | None) -> WeightSpec:
+        path, blob = files[name]
+        return WeightSpec(file_name=f"{name}.pt", git_blob_id=blob,
+                          published_repository=DMV_REPOSITORY, published_path=path,
+                          state_dict_key=state_dict_key)
+
+    view_wise = ("DMV-CNN view-wise (four ResNet-22 columns, L/R tied per view, "
+                 "fc 512 + output per CC/MLO branch, breast = mean of the branches)")
+    return [
+        ModelSpec(
+            name="dmv-cnn-image-only",
+            version=DMV_VERSION,
+            architecture=f"{view_wise}; image only (1 input channel)",
+            builder=_build_dmv,
+            hyperparameters=DMVConfig(input_channels=1),
+            input_size=DMV_INPUT_SIZE,
+            preprocessing="breast_cancer_classifier",
+            modality="ffdm",
+            weights=weights("dmv-cnn-image-only", "model"),
+            licence=NYU_LICENCE,
+            intended_use=NYU_INTENDED_USE,
+            paper=DMV_PAPER,
+        ),
+        ModelSpec(
+            name="dmv-cnn-image-and-heatmaps",
+            version=DMV_VERSION,
+            architecture=(f"{view_wise}; image + malignant and benign patch heatmaps "
+                          "(3 input channels)"),
+            builder=_build_dmv,
+            hyperparameters=DMVConfig(input_channels=3),
+            input_size=DMV_INPUT_SIZE,
+            preprocessing="breast_cancer_classifier",
+            modality="ffdm",
+            weights=weights("dmv-cnn-image-and-heatmaps", "model"),
+            licence=NYU_LICENCE,
+            intended_use=NYU_INTENDED_USE,
+            paper=DMV_PAPER,
+            extra=MappingProxyType({"heatmaps_from": "dmv-patch-densenet121"}),
+        ),
+        ModelSpec(
+            name="dmv-patch-densenet121",
+            version=DMV_VERSION,
+            architecture=("DenseNet-121 patch classifier (4 classes; softmax column 0 = "
+                          "malignant, 1 = benign heatmap), TF-SAME padding, 256x256 patches "
+                          "at stride 70 over the cropped image"),
+            builder=_build_patch_classifier,
+            hyperparameters=DenseNetConfig(),
+            input_size=DMV_PATCH_SIZE,
+            preprocessing="breast_cancer_classifier_patches",
+            modality="ffdm",
+            weights=weights("dmv-patch-densenet121", None),
+            licence=NYU_LICENCE,
+            intended_use=NYU_INTENDED_USE,
+            paper=DMV_PAPER,
+        ),
+    ]
+
+
 def _catalogue() -> dict[str, ModelSpec]:
     specs = [_gmic_published(i, path, blob, t)
              for i, (path, blob, t) in enumerate(PUBLISHED_GMIC_FILES, start=1)]
     specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50"), _gmic_testing()]
     specs += [_gmic3d_published(i, path, blob, t, k)
               for i, (path, blob, t, k) in enumerate(PUBLISHED_GMIC3D_FILES, start=1)]
+    specs += _dmv_specs()
     return {spec.name: spec for spec in specs}
 
 
