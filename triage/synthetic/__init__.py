@@ -7,7 +7,10 @@ Public API:
 * ``build_ct_image(study)``: a minimal CT image in the same study;
 * ``write_exam(datasets, out_dir, transfer_syntax)``: DICOM files;
 * ``generate_exam(spec, out_dir, transfer_syntax)``: build + write, with a summary;
-* ``exam_from_pngs(paths_by_view, spec)``: wrap real PNG mammograms.
+* ``exam_from_pngs(paths_by_view, spec)``: wrap real PNG mammograms;
+* ``DbtViewSpec`` / ``build_dbt_view`` / ``generate_dbt_exam``: tomosynthesis (Breast
+  Tomosynthesis Image objects, optionally a slab series, or a combo visit with FFDM and
+  synthetic 2D), see :mod:`triage.synthetic.dbt`.
 
 Pixel convention: MONOCHROME2 images have an exactly-zero background; MONOCHROME1
 images (GE style) store ``2**BitsStored - 1 - value``, so the background becomes 0 again
@@ -27,10 +30,20 @@ from triage.synthetic.builders import (
     view_specs,
     write_exam,
 )
+from triage.synthetic.dbt import (
+    DbtLesion,
+    DbtViewSpec,
+    build_dbt_view,
+    dbt_matrix,
+    dbt_view_specs,
+    generate_dbt_exam,
+    iter_dbt_exam,
+)
 from triage.synthetic.phantom import BreastGeometry, breast_geometry, render_breast
 from triage.synthetic.png import exam_from_pngs, read_png
 from triage.synthetic.specs import (
     STANDARD_VIEWS,
+    ExamModality,
     ExamSpec,
     Lesion,
     LesionShape,
@@ -48,6 +61,9 @@ __all__ = [
     "PROFILES",
     "STANDARD_VIEWS",
     "BreastGeometry",
+    "DbtLesion",
+    "DbtViewSpec",
+    "ExamModality",
     "ExamSpec",
     "ExamSummary",
     "InstanceSummary",
@@ -64,11 +80,16 @@ __all__ = [
     "bits_for_max",
     "breast_geometry",
     "build_ct_image",
+    "build_dbt_view",
     "build_exam",
     "build_view",
+    "dbt_matrix",
+    "dbt_view_specs",
     "encode",
     "exam_from_pngs",
+    "generate_dbt_exam",
     "generate_exam",
+    "iter_dbt_exam",
     "now_local",
     "patient_orientation",
     "read_png",

@@ -68,6 +68,9 @@ class InstanceSummary:
     rows: int
     columns: int
     lesion: Lesion | None = None
+    frames: int = 1  # DBT: number of frames (slices or slabs)
+    lesion_slice: int | None = None  # DBT: 0-based thin slice where the lesion is in focus
+    slab_thickness_mm: float | None = None  # DBT slab series
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class ExamSummary:
                         "radius_px": round(i.lesion.radius_px, 1),
                         "shape": str(i.lesion.shape),
                     },
+                    **({} if i.frames == 1 else {
+                        "frames": i.frames,
+                        "lesion_slice": i.lesion_slice,
+                        "slab_thickness_mm": i.slab_thickness_mm,
+                    }),
                 }
                 for i in self.instances
             ],

@@ -34,6 +34,15 @@ class TransferSyntax(StrEnum):
     JPEG2000 = "jpeg2000"  # JPEG 2000 Image Compression (Lossless Only)
 
 
+class ExamModality(StrEnum):
+    """What ``triage synthetic exam --modality`` writes."""
+
+    FFDM = "ffdm"
+    SYNTHETIC2D = "synthetic2d"  # MG marked as generated 2D
+    DBT = "dbt"  # Breast Tomosynthesis Image objects, one per view
+    COMBO = "combo"  # FFDM + synthetic 2D + DBT of the same breasts, one study
+
+
 class LesionShape(StrEnum):
     ROUND = "round"
     SPICULATED = "spiculated"
