@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from triage.errors import ModelError, WeightsError
+from triage.models.gmic import saliency_shape
 from triage.models.gmic3d import (
     GMIC3D,
     GMIC3DConfig,
     GMIC3DOutput,
     gather_volume_crops,
-    saliency_shape,
     top_t_per_slice,
 )
 from triage.models.weights import load_state, read_state_dict
