@@ -30,7 +30,7 @@ from triage.db.migrate import upgrade
 from triage.dispatch import enqueue_ready
 from triage.imaging import decode_pixels, prepare_view
 from triage.models import ensure_demo_weights
-from triage.pipeline import chosen_images, load_ensemble, process_study
+from triage.pipeline import chosen_images, forward_views, load_ensemble, process_study
 from triage.synthetic import ExamSpec, generate_exam
 
 
@@ -64,9 +64,8 @@ def main() -> None:
             prepare_view(decode_pixels(pydicom.dcmread(i.path)).array, i.laterality, i.view,
                          size).array for i in images])[:, None])
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            for m in ensemble.members:
-                m.module(batch)
+        for m in ensemble.members:  # the same model calls the pipeline makes
+            forward_views(m, batch)
         compute = time.perf_counter() - t0
         t0 = time.perf_counter()
         enqueue_ready(db, None)
