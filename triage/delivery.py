@@ -21,6 +21,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,14 +96,16 @@ def _predecessors(session: Session, study_id: int,
     return {}
 
 
+def _read_and_decode(path: Path) -> tuple[Dataset, np.ndarray]:
+    ds = pydicom.dcmread(path)
+    return ds, decode_pixels(ds).array
+
+
 def _sources(paths: Sequence[Path]) -> tuple[list[Dataset], dict[str, np.ndarray]]:
-    datasets: list[Dataset] = []
-    pixels: dict[str, np.ndarray] = {}
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        pixels[str(ds.SOPInstanceUID)] = decode_pixels(ds).array
-        datasets.append(ds)
-    return datasets, pixels
+    """The scored source instances and their pixels, decoded concurrently."""
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
+        decoded = list(pool.map(_read_and_decode, paths))
+    return [ds for ds, _ in decoded], {str(ds.SOPInstanceUID): px for ds, px in decoded}
 
 
 def build_outputs(settings: Settings, result: ExamResult, source_paths: Sequence[Path],

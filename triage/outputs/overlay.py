@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -397,13 +398,16 @@ def build_overlays(
 ) -> list[hd.sc.SCImage]:
     """One overlay per scored view; ``pixels`` maps SOP Instance UID -> stored pixels."""
     ordered = scored_sources(result, sources)
-    out = []
-    for number, source in enumerate(ordered, start=1):
+    for source in ordered:
         uid = str(source.SOPInstanceUID)
         if uid not in pixels:
             raise InvalidDicom(
                 f"no decoded pixels for scored instance {uid} of study "
                 f"{result.study_instance_uid}; decode it before building overlays"
             )
-        out.append(build_overlay(result, source, pixels[uid], settings, instance_number=number))
-    return out
+    # numpy and OpenCV release the GIL: the views render concurrently
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(ordered)))) as pool:
+        futures = [pool.submit(build_overlay, result, source, pixels[str(source.SOPInstanceUID)],
+                               settings, instance_number=number)
+                   for number, source in enumerate(ordered, start=1)]
+        return [f.result() for f in futures]
