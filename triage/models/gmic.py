@@ -147,7 +147,34 @@ def gather_crops(images: Tensor, locations: Tensor, crop_shape: tuple[int, int])
     return images[:, 0][batch, rows[..., :, None], cols[..., None, :]]
 
 
-class GMIC(nn.Module):
+class LocalMILBranch(nn.Module):
+    """The local half shared by GMIC and 3D-GMIC: ResNet-V1 on the ROI crops, then gated
+    attention MIL. Attribute names are the published checkpoint keys (``dn_resnet``,
+    ``mil_attn_V``, ``mil_attn_U``, ``mil_attn_w``, ``classifier_linear``)."""
+
+    def _init_local_branch(self, local_network: str, attention_dim: int,
+                           num_classes: int) -> int:
+        """Create the local modules; returns the local feature width."""
+        try:
+            self.dn_resnet = ResNetV1(local_network, in_channels=3)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from exc
+        features: int = self.dn_resnet.out_features
+        self.mil_attn_V = nn.Linear(features, attention_dim, bias=False)
+        self.mil_attn_U = nn.Linear(features, attention_dim, bias=False)
+        self.mil_attn_w = nn.Linear(attention_dim, 1, bias=False)
+        self.classifier_linear = nn.Linear(features, num_classes, bias=False)
+        return features
+
+    def _local_attention(self, h_crops: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(N, K, L) crop features -> attention (N, K), z (N, L), y_local (N, classes)."""
+        gate = torch.tanh(self.mil_attn_V(h_crops)) * torch.sigmoid(self.mil_attn_U(h_crops))
+        attention = torch.softmax(self.mil_attn_w(gate).squeeze(-1), dim=1)
+        z = (attention.unsqueeze(-1) * h_crops).sum(dim=1)
+        return attention, z, torch.sigmoid(self.classifier_linear(z))
+
+
+class GMIC(LocalMILBranch):
     """GMIC with a ResNet-22 global network and a ResNet-18/34/50 local network."""
 
     def __init__(self, config: GMICConfig | None = None) -> None:
@@ -158,15 +185,7 @@ class GMIC(nn.Module):
         if self.ds_net.out_channels != c.post_processing_dim:
             raise ModelError("post_processing_dim must equal the global network width (256)")
         self.left_postprocess_net = SaliencyHead(c.post_processing_dim, c.num_classes)
-        try:
-            self.dn_resnet = ResNetV1(c.local_network, in_channels=3)
-        except ValueError as exc:
-            raise ModelError(str(exc)) from exc
-        features = self.dn_resnet.out_features
-        self.mil_attn_V = nn.Linear(features, c.attention_dim, bias=False)
-        self.mil_attn_U = nn.Linear(features, c.attention_dim, bias=False)
-        self.mil_attn_w = nn.Linear(c.attention_dim, 1, bias=False)
-        self.classifier_linear = nn.Linear(features, c.num_classes, bias=False)
+        features = self._init_local_branch(c.local_network, c.attention_dim, c.num_classes)
         self.fusion_dnn = nn.Linear(c.post_processing_dim + features, c.num_classes)
 
     def forward(self, x: Tensor, return_crops: bool = False) -> GMICOutput:
@@ -188,10 +207,7 @@ class GMIC(nn.Module):
         local_in = crops.reshape(n * k, 1, *c.crop_shape).expand(-1, 3, -1, -1)
         h_crops = self.dn_resnet(local_in).reshape(n, k, -1)
 
-        gate = torch.tanh(self.mil_attn_V(h_crops)) * torch.sigmoid(self.mil_attn_U(h_crops))
-        attention = torch.softmax(self.mil_attn_w(gate).squeeze(-1), dim=1)  # (N, K)
-        z = (attention.unsqueeze(-1) * h_crops).sum(dim=1)
-        y_local = torch.sigmoid(self.classifier_linear(z))
+        attention, z, y_local = self._local_attention(h_crops)
         fused = torch.cat([global_vec.to(z.dtype), z], dim=1)
         y_fusion = torch.sigmoid(self.fusion_dnn(fused))
         return GMICOutput(

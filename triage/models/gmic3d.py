@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from triage.errors import ModelError
-from triage.models.blocks import ResNetV1, ResNetV2, group_norm
-from triage.models.gmic import SaliencyHead, check_cam_size
+from triage.models.blocks import ResNetV2, group_norm
+from triage.models.gmic import LocalMILBranch, SaliencyHead, check_cam_size
 from triage.models.roi3d import DEFAULT_ZETA, retrieve_roi_from_3d_image
 
 #: The slice size of the published models' DBT preprocessing.
@@ -179,7 +179,7 @@ def gather_volume_crops(volume: Tensor, slices: Tensor, locations: Tensor,
     return torch.where(inside, crops, fill[:, None, None].to(crops.dtype))
 
 
-class GMIC3D(nn.Module):
+class GMIC3D(LocalMILBranch):
     """3D-GMIC: ResNet-22/GroupNorm(8) global network per slice, ResNet-18 local network."""
 
     def __init__(self, config: GMIC3DConfig | None = None) -> None:
@@ -190,15 +190,7 @@ class GMIC3D(nn.Module):
         if self.ds_net.out_channels != c.post_processing_dim:
             raise ModelError("post_processing_dim must equal the global network width (256)")
         self.left_postprocess_net = TanhReluSaliencyHead(c.post_processing_dim, c.num_classes)
-        try:
-            self.dn_resnet = ResNetV1(c.local_network, in_channels=3)
-        except ValueError as exc:
-            raise ModelError(str(exc)) from exc
-        features = self.dn_resnet.out_features
-        self.mil_attn_V = nn.Linear(features, c.attention_dim, bias=False)
-        self.mil_attn_U = nn.Linear(features, c.attention_dim, bias=False)
-        self.mil_attn_w = nn.Linear(c.attention_dim, 1, bias=False)
-        self.classifier_linear = nn.Linear(features, c.num_classes, bias=False)
+        self._init_local_branch(c.local_network, c.attention_dim, c.num_classes)
 
     def _check_volume(self, x: Tensor) -> None:
         if x.dim() != 5 or x.shape[0] != 1 or x.shape[1] != 1 or x.shape[2] < 1:
@@ -248,10 +240,7 @@ class GMIC3D(nn.Module):
         local_in = crops[:, None].expand(-1, 3, -1, -1)
         h_crops = self.dn_resnet(local_in)[None]  # (1, K, L)
 
-        gate = torch.tanh(self.mil_attn_V(h_crops)) * torch.sigmoid(self.mil_attn_U(h_crops))
-        attention = torch.softmax(self.mil_attn_w(gate).squeeze(-1), dim=1)  # (1, K)
-        z = (attention.unsqueeze(-1) * h_crops).sum(dim=1)
-        y_local = torch.sigmoid(self.classifier_linear(z))
+        attention, z, y_local = self._local_attention(h_crops)  # (1, K), (1, L), (1, C)
         final = 0.5 * y_global.to(y_local.dtype) + 0.5 * y_local
         return GMIC3DOutput(
             saliency_map=saliency,
