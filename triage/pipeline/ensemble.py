@@ -1,0 +1,94 @@
+"""The configured ensemble, loaded once per process, and the exam images it scores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from triage.config import Settings
+from triage.errors import ModelError
+from triage.models import LoadedModel, load_member
+from triage.vocabulary import ImageClass, Laterality, View, WeightsStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExamImage:
+    """One chosen image of an exam, as the pipeline needs it."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    laterality: Laterality
+    view: View
+    image_class: ImageClass = ImageClass.FFDM
+
+
+@dataclass
+class Ensemble:
+    """The configured members, loaded once per process (worker or CLI) and reused."""
+
+    settings: Settings
+    device: torch.device
+    members: list[LoadedModel]
+    weights: dict[str, float]
+    modality: dict[str, str]
+    model_set_version: str
+
+    @property
+    def verified(self) -> bool:
+        return all(m.weights_status is WeightsStatus.VERIFIED_PUBLISHED for m in self.members)
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"TRIAGE_DEVICE={setting} but no CUDA device is available")
+    return device
+
+
+def model_set_version(members: Sequence[LoadedModel], weights: dict[str, float],
+                      tta_samples: int, tta_seed: int) -> str:
+    """A short stable id of what produced a score: members, versions, weight files, TTA."""
+    payload = json.dumps(
+        {
+            "members": sorted(
+                [m.spec.name, m.spec.version, m.sha256 or "", weights[m.spec.name]]
+                for m in members
+            ),
+            "tta": [tta_samples, tta_seed if tta_samples else None],
+        },
+        sort_keys=True,
+    )
+    return "ms-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load_ensemble(settings: Settings, device: torch.device | None = None) -> Ensemble:
+    """Load every configured member; any problem is a clear error before an exam is touched."""
+    device = device or resolve_device(settings.device)
+    members = [load_member(m.name, settings, device) for m in settings.ensemble]
+    for member in members:  # NHWC convolutions: faster on CPU and on recent GPUs
+        member.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    weights = {m.name: m.weight for m in settings.ensemble}
+    version = model_set_version(members, weights, settings.tta_samples, settings.tta_seed)
+    log.info("ensemble loaded", extra={"model_set_version": version, "device": str(device),
+                                        "members": [m.spec.name for m in members]})
+    return Ensemble(settings=settings, device=device, members=members, weights=weights,
+                    modality={m.name: m.modality for m in settings.ensemble},
+                    model_set_version=version)
+
+
+def instances_digest(sop_instance_uids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(sop_instance_uids)).encode()).hexdigest()
+
+

@@ -1,0 +1,159 @@
+"""``score_exam``: an exam's chosen images in, a typed ``ExamResult`` out.
+
+Each member scores the images of its modality through the runner of its family (see
+``runners``); the 2D inputs the members ask for are decoded and preprocessed once, in
+parallel; a member that fails is left out with its reason; views, breasts and the exam
+are combined by ``triage.scoring``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from triage.errors import ModelError, ScoringError, TriageError
+from triage.imaging import sample_windows
+from triage.models import LoadedModel, ModelSpec
+from triage.pipeline.ensemble import Ensemble, ExamImage, instances_digest
+from triage.pipeline.gmic2d import GMIC_2D
+from triage.pipeline.runners import ExamInputs, MemberRunner
+from triage.pipeline.views2d import PrepareRequest, prepare_all
+from triage.results import BreastScore, ExamResult, MemberInfo, ViewScore
+from triage.scoring import ViewProbability, categorise, combine_members, exam_score
+from triage.vocabulary import ImageClass, WeightsStatus
+
+log = logging.getLogger(__name__)
+
+#: model family (``ModelSpec.preprocessing``) -> how its members score an exam
+RUNNERS: dict[str, MemberRunner] = {
+    "gmic": GMIC_2D,
+    "gmic-testing": GMIC_2D,
+}
+
+#: member modality (settings) -> the image classes its members score
+MODALITY_CLASSES: dict[str, tuple[ImageClass, ...]] = {
+    "ffdm": (ImageClass.FFDM, ImageClass.SYNTHETIC2D),
+    "dbt": (ImageClass.DBT,),
+}
+
+
+def runner_for(spec: ModelSpec) -> MemberRunner:
+    try:
+        return RUNNERS[spec.preprocessing]
+    except KeyError:
+        raise ModelError(
+            f"model {spec.name} ({spec.architecture}) cannot be an ensemble member: the "
+            f"pipeline has no runner for its family {spec.preprocessing!r}; remove it from "
+            "the ensemble configuration"
+        ) from None
+
+
+def _member_images(member: LoadedModel, ensemble: Ensemble,
+                   images: Sequence[ExamImage]) -> tuple[ExamImage, ...]:
+    classes = MODALITY_CLASSES.get(ensemble.modality[member.spec.name], ())
+    return tuple(img for img in images if img.image_class in classes)
+
+
+def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
+               study_instance_uid: str, partial: bool = False) -> ExamResult:
+    """Score one exam's chosen images with every member; a failing member is left out."""
+    settings = ensemble.settings
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    per_member = {m.spec.name: _member_images(m, ensemble, images) for m in ensemble.members}
+    if not any(per_member.values()):
+        classes = sorted({img.image_class.value for img in images}) or ["none"]
+        raise ScoringError(f"exam {study_instance_uid}: no image the ensemble's members score "
+                           f"(image classes in the exam: {', '.join(classes)})")
+    requests = [r for m in ensemble.members
+                for r in runner_for(m.spec).requests(m, per_member[m.spec.name])]
+    with ThreadPoolExecutor(max_workers=max(1, min(4, len(requests)))) as pool:
+        prepared = prepare_all(requests, pool)
+    timings["decode_preprocess_s"] = prepared.seconds
+
+    augmented: dict[PrepareRequest, list[np.ndarray]] = {}
+    if settings.tta_samples:
+        t0 = time.perf_counter()
+        ordered = sorted(prepared.by_request.items(),
+                         key=lambda kv: (kv[0].image.sop_instance_uid, kv[0].input_size,
+                                         kv[0].recipe))
+        for index, (request, prep) in enumerate(ordered):
+            samples = sample_windows(prep.prepared, settings.tta_samples,
+                                     settings.tta_seed + index)
+            augmented[request] = [sample.array for sample in samples]
+        timings["tta_windows_s"] = time.perf_counter() - t0
+
+    member_infos: list[MemberInfo] = []
+    view_scores: list[ViewScore] = []
+    for member in ensemble.members:
+        info = dict(name=member.spec.name, version=member.spec.version,
+                    architecture=member.spec.architecture,
+                    modality=ensemble.modality[member.spec.name],
+                    ensemble_weight=ensemble.weights[member.spec.name],
+                    weights_sha256=member.sha256, weights_status=member.weights_status)
+        t0 = time.perf_counter()
+        try:
+            own = per_member[member.spec.name]
+            if not own:
+                raise ScoringError(
+                    f"the exam has no {ensemble.modality[member.spec.name]} image to score")
+            inputs = ExamInputs(images=own, prepared=prepared, augmented=augmented,
+                                device=ensemble.device)
+            view_scores.extend(runner_for(member.spec).run(member, inputs))
+            member_infos.append(MemberInfo(**info))  # type: ignore[arg-type]
+        except (TriageError, RuntimeError, ValueError) as exc:
+            log.exception("member failed", extra={"member": member.spec.name,
+                                                  "study_instance_uid": study_instance_uid})
+            member_infos.append(MemberInfo(**info, included=False,  # type: ignore[arg-type]
+                                           failure_reason=f"{type(exc).__name__}: {exc}"))
+        timings[f"model_{member.spec.name}_s"] = time.perf_counter() - t0
+
+    if not view_scores:
+        reasons = "; ".join(f"{m.name}: {m.failure_reason}" for m in member_infos)
+        raise ScoringError(f"exam {study_instance_uid}: every member failed ({reasons})")
+
+    breasts = combine_members(
+        [ViewProbability(v.member, v.laterality, v.view, v.p_benign, v.p_malignant)
+         for v in view_scores],
+        {m.name: m.ensemble_weight for m in member_infos if m.included},
+    )
+    score = exam_score(breasts)
+    included = [m for m in member_infos if m.included]
+    unverified = [m.name for m in included
+                  if m.weights_status is not WeightsStatus.VERIFIED_PUBLISHED]
+    category = categorise(score, settings.priorities, verified=not unverified,
+                          unverified_members=unverified)
+    notes: list[str] = []
+    if any(p.lossy for p in prepared.by_request.values()):
+        notes.append("lossy-compressed input images")
+    if any(img.image_class is ImageClass.SYNTHETIC2D for img in images):
+        notes.append("synthetic 2D images scored by FFDM models (domain shift)")
+    for uid, reason in prepared.failures.items():
+        notes.append(f"view {uid} not scored: {reason}")
+    scored_uids = sorted({v.sop_instance_uid for v in view_scores})
+    timings["total_s"] = time.perf_counter() - started
+    return ExamResult(
+        study_instance_uid=study_instance_uid,
+        model_set_version=ensemble.model_set_version,
+        instances_digest=instances_digest(scored_uids),
+        scored_sop_instance_uids=tuple(scored_uids),
+        members=tuple(member_infos),
+        views=tuple(view_scores),
+        breasts=tuple(BreastScore(b.laterality, b.p_benign, b.p_malignant, dict(b.per_member))
+                      for b in breasts),
+        exam_score=score,
+        category=category.name,
+        not_triaged_reason=category.reason,
+        tta_samples=settings.tta_samples,
+        tta_seed=settings.tta_seed if settings.tta_samples else None,
+        timings=timings,
+        device=str(ensemble.device),
+        partial=partial,
+        notes=tuple(notes),
+    )
+
+
