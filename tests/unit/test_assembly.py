@@ -19,6 +19,7 @@ from tests.unit.mg_headers import STANDARD, Site, code_item, mg_header, write_in
 from triage.config import Settings, load_settings
 from triage.db import Association, Database, Instance, StatusChange, Study
 from triage.db.session import create_database
+from triage.dicom import assembly
 from triage.dicom.assembly import (
     StoredObject,
     close_association,
@@ -488,3 +489,42 @@ def test_record_instance_leaves_the_commit_to_the_caller(site: Site) -> None:
     with site.db.session() as check:
         assert check.scalar(select(func.count()).select_from(Study)) == 0
         assert check.scalar(select(func.count()).select_from(Instance)) == 0
+
+
+# ---- the incremental chosen-set path equals the full rules ------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_view_choice_matches_the_full_rules_after_every_image(site: Site,
+                                                                          seed: int) -> None:
+    """A new image of a receiving exam updates only its view's choice (fast path); after
+    every image of a random sequence (repeated views, earlier and later acquisitions,
+    images without acquisition time, not-scorable images) the flags, the chosen-set digest
+    and the image classes equal what the full rules compute from all the exam's images."""
+    rng = np.random.default_rng(seed)
+    study_uid = generate_uid()
+    slots = [("L", "CC"), ("R", "CC"), ("L", "MLO"), ("R", "MLO")]
+    study_id = None
+    for i in range(14):
+        lat, view = slots[int(rng.integers(4))]
+        extra: dict[str, object] = {}
+        roll = rng.random()
+        if roll < 0.6:
+            extra["AcquisitionDateTime"] = f"2025010609{int(rng.integers(0, 60)):02d}00"
+        if rng.random() < 0.2:
+            extra["QualityControlImage"] = "YES"
+        outcome = site.send(mg_header(lat, view, study_uid=study_uid, **extra),
+                            T0 + timedelta(seconds=i))
+        study_id = outcome.study_id
+        with site.db.session() as session:
+            study = session.get(Study, study_id)
+            assert study is not None
+            instances = assembly._study_instances(session, study_id)
+            flags = [(inst.id, inst.chosen) for inst in instances]
+            digest, classes = study.chosen_set_digest, list(study.image_classes)
+            changed = assembly._apply_chosen(session, study, instances, T0)
+            assert not changed, f"image {i}: digest differs from the full rules"
+            assert [(inst.id, inst.chosen) for inst in instances] == flags, f"image {i}"
+            assert study.image_classes == classes
+            assert study.chosen_set_digest == digest
+            session.rollback()
+    assert study_id is not None
+    assert sum(inst.chosen for inst in site.instances(study_id)) <= 4

@@ -48,13 +48,14 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol, cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -315,17 +316,51 @@ def _update_study_header(study: Study, header: StudyHeader) -> None:
 Slot = tuple[str, str, str]  # (image class, laterality, view)
 
 
-def _recency(instance: Instance) -> tuple[str, datetime, int]:
-    return (instance.acquisition_datetime or "", instance.received_at, instance.id)
+_SCORABLE_CLASS_VALUES = frozenset(c.value for c in SCORABLE_CLASSES)
+_STANDARD_VIEW_VALUES = frozenset((View.CC.value, View.MLO.value))
+#: a new row's id is not known before its INSERT, but it is larger than every existing id
+_NEW_ROW = 1 << 62
+
+
+class _InstanceLike(Protocol):
+    """An ``Instance`` or a row with its columns (what the chosen-set rules read)."""
+
+    id: int
+    image_class: str
+    laterality: str | None
+    view: str | None
+    scorable: bool
+    superseded: bool
+    loopback: bool
+    chosen: bool
+    acquisition_datetime: str | None
+    received_at: datetime
+    sop_instance_uid: str
+    content_digest: str
+    version: int
+
+
+def _recency(instance: _InstanceLike) -> tuple[str, datetime, int]:
+    row_id = instance.id if instance.id is not None else _NEW_ROW
+    return (instance.acquisition_datetime or "", instance.received_at, row_id)
+
+
+def _is_candidate(inst: _InstanceLike) -> bool:
+    """May this image be chosen for its view: scorable, current, not ours, a standard view."""
+    return bool(inst.scorable and not inst.superseded and not inst.loopback and inst.laterality
+                and inst.view in _STANDARD_VIEW_VALUES
+                and inst.image_class in _SCORABLE_CLASS_VALUES)
+
+
+def _slot(inst: _InstanceLike) -> Slot:
+    return (inst.image_class, inst.laterality or "", inst.view or "")
 
 
 def _candidates(instances: Iterable[Instance]) -> dict[Slot, list[Instance]]:
     slots: dict[Slot, list[Instance]] = {}
     for inst in instances:
-        if (inst.scorable and not inst.superseded and not inst.loopback and inst.laterality
-                and inst.view in (View.CC.value, View.MLO.value)
-                and inst.image_class in {c.value for c in SCORABLE_CLASSES}):
-            slots.setdefault((inst.image_class, inst.laterality, inst.view), []).append(inst)
+        if _is_candidate(inst):
+            slots.setdefault(_slot(inst), []).append(inst)
     return slots
 
 
@@ -333,7 +368,7 @@ def _winners(instances: Iterable[Instance]) -> dict[Slot, Instance]:
     return {slot: max(cands, key=_recency) for slot, cands in _candidates(instances).items()}
 
 
-def _set_digest(winners: dict[Slot, Instance]) -> str | None:
+def _set_digest(winners: Mapping[Slot, _InstanceLike]) -> str | None:
     if not winners:
         return None
     lines = sorted(f"{'|'.join(slot)}|{inst.sop_instance_uid}|{inst.content_digest}"
@@ -344,6 +379,108 @@ def _set_digest(winners: dict[Slot, Instance]) -> str | None:
 def _study_instances(session: Session, study_id: int) -> list[Instance]:
     return list(session.scalars(select(Instance).where(Instance.study_id == study_id)
                                 .order_by(Instance.id)))
+
+
+def _view_choice_event(study: Study, slot: Slot, winner: _InstanceLike,
+                       candidates: Sequence[_InstanceLike], now: datetime) -> AuditEvent:
+    return AuditEvent(
+        at=now, kind=EVENT_VIEW_CHOICE, study_id=study.id,
+        sop_instance_uid=winner.sop_instance_uid,
+        detail={
+            "image_class": slot[0], "laterality": slot[1], "view": slot[2],
+            "chosen_instance_id": winner.id, "rule": CHOICE_RULE,
+            "candidates": [
+                {"instance_id": c.id, "sop_instance_uid": c.sop_instance_uid,
+                 "version": c.version, "acquisition_datetime": c.acquisition_datetime,
+                 "received_at": c.received_at.isoformat()}
+                for c in sorted(candidates, key=_recency)
+            ],
+        },
+    )
+
+
+# Per-image statements of the common case, built once (plain Core on the tables: no ORM
+# bookkeeping, no expression building per image; none of their rows is loaded as an entity
+# in the session that runs them).
+_INSTANCES = cast(Table, Instance.__table__)
+_ASSOCIATIONS = cast(Table, Association.__table__)
+#: the exam's chosen images plus every image of one view
+_VIEW_CHOICE_ROWS = select(
+    *(_INSTANCES.c[name] for name in (
+        "id", "image_class", "laterality", "view", "scorable", "superseded", "loopback",
+        "chosen", "acquisition_datetime", "received_at", "sop_instance_uid",
+        "content_digest", "version"))
+).where(_INSTANCES.c.study_id == bindparam("study_id"),
+        or_(_INSTANCES.c.chosen.is_(True),
+            and_(_INSTANCES.c.image_class == bindparam("image_class"),
+                 _INSTANCES.c.laterality == bindparam("laterality"),
+                 _INSTANCES.c.view == bindparam("view"))))
+#: is there any stored version of this SOP Instance UID (almost never: skip the ORM load)
+_HAS_VERSIONS = select(_INSTANCES.c.id).where(
+    _INSTANCES.c.sop_instance_uid == bindparam("sop_instance_uid")).limit(1)
+_SET_CHOSEN = (update(_INSTANCES).where(_INSTANCES.c.id.in_(bindparam("ids", expanding=True)))
+               .values(chosen=bindparam("flag")))
+_COUNT_RECEIVED = (update(_ASSOCIATIONS).where(_ASSOCIATIONS.c.id == bindparam("association_id"))
+                   .values(instances_received=_ASSOCIATIONS.c.instances_received + 1))
+
+
+def _insert_into_receiving(session: Session, study: Study, instance: Instance,
+                           now: datetime) -> bool:
+    """Insert a new instance (no earlier version) into a receiving exam; False if the same
+    bytes were inserted concurrently (a duplicate).
+
+    Equivalent to inserting it and re-applying the chosen-set rules to the whole exam
+    (``_apply_chosen``), but reads only the exam's chosen images and the candidates of the
+    new image's view: only that view's choice can change. The flags, digest and image
+    classes are set before the single flush that inserts the row and updates the exam.
+    """
+    unchoose: list[int] = []
+    choose: list[int] = []
+    audit: list[_InstanceLike] = []
+    if _is_candidate(instance):
+        slot = _slot(instance)
+        rows: Sequence[_InstanceLike] = session.connection().execute(  # type: ignore[assignment]
+            _VIEW_CHOICE_ROWS, {"study_id": study.id, "image_class": slot[0],
+                                "laterality": slot[1], "view": slot[2]}).all()
+        in_slot = [r for r in rows if _slot(r) == slot and _is_candidate(r)]
+        winner: _InstanceLike = max([*in_slot, instance], key=_recency)
+        instance.chosen = winner is instance
+        unchoose = [r.id for r in rows if r.chosen and _slot(r) == slot and r is not winner]
+        if winner is not instance and not winner.chosen:
+            choose = [winner.id]
+        winners: dict[Slot, _InstanceLike] = {
+            _slot(r): r for r in rows if r.chosen and _is_candidate(r) and _slot(r) != slot}
+        winners[slot] = winner
+        study.chosen_set_digest = _set_digest(winners)
+        study.image_classes = sorted({s[0] for s in winners})
+        audit = in_slot
+    if not _flush_new(session, instance):
+        return False
+    for ids, flag in ((unchoose, False), (choose, True)):
+        if ids:
+            session.connection().execute(_SET_CHOSEN, {"ids": ids, "flag": flag})
+    if audit:  # several images of this view: record which one is used and why
+        chosen = instance if instance.chosen else max(audit, key=_recency)
+        session.add(_view_choice_event(study, _slot(instance), chosen, [*audit, instance], now))
+    return True
+
+
+def _flush_new(session: Session, instance: Instance) -> bool:
+    """INSERT ``instance``; False when the same bytes arrived on another association just now.
+
+    On SQLite the write lock taken by ``_serialise_writers`` rules that race out, so no
+    savepoint is needed; elsewhere the unique key decides inside a savepoint.
+    """
+    session.add(instance)
+    if session.get_bind().dialect.name == "sqlite":
+        session.flush()
+        return True
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
 
 
 def _apply_chosen(session: Session, study: Study, instances: Sequence[Instance],
@@ -364,20 +501,7 @@ def _apply_chosen(session: Session, study: Study, instances: Sequence[Instance],
         before = previous.get(slot)
         joined = any(c.id == new_instance_id for c in candidates[slot])
         if len(candidates[slot]) > 1 and (joined or before is None or before.id != winner.id):
-            session.add(AuditEvent(
-                at=now, kind=EVENT_VIEW_CHOICE, study_id=study.id,
-                sop_instance_uid=winner.sop_instance_uid,
-                detail={
-                    "image_class": slot[0], "laterality": slot[1], "view": slot[2],
-                    "chosen_instance_id": winner.id, "rule": CHOICE_RULE,
-                    "candidates": [
-                        {"instance_id": c.id, "sop_instance_uid": c.sop_instance_uid,
-                         "version": c.version, "acquisition_datetime": c.acquisition_datetime,
-                         "received_at": c.received_at.isoformat()}
-                        for c in sorted(candidates[slot], key=_recency)
-                    ],
-                },
-            ))
+            session.add(_view_choice_event(study, slot, winner, candidates[slot], now))
     digest = _set_digest(winners)
     changed = digest != study.chosen_set_digest
     study.chosen_set_digest = digest
@@ -425,6 +549,18 @@ def _duplicate_of(priors: Sequence[Instance], stored: StoredObject) -> tuple[Ins
     return None
 
 
+def _concurrent_duplicate(session: Session, sop_uid: str, stored: StoredObject) -> IngestOutcome:
+    """The same bytes arrived on another association just now: that row is the one."""
+    winner = session.scalars(select(Instance).where(
+        Instance.sop_instance_uid == sop_uid,
+        Instance.content_digest == stored.raw_digest)).first()
+    if winner is None:
+        raise DatabaseError(f"instance {sop_uid}: insert refused by a unique key, but no row "
+                            "with the same content exists; check the database logs")
+    return IngestOutcome(study_id=winner.study_id, instance_id=None, duplicate=True,
+                         new_version=False, reopened=False)
+
+
 def record_instance(
     session: Session,
     settings: Settings,
@@ -446,13 +582,14 @@ def record_instance(
         )
     _serialise_writers(session)
     if association_id is not None:
-        session.execute(update(Association).where(Association.id == association_id)
-                        .values(instances_received=Association.instances_received + 1))
+        session.connection().execute(_COUNT_RECEIVED, {"association_id": association_id})
 
     study = _get_or_create_study(session, settings, study_header, now)
-    priors = list(session.scalars(select(Instance)
-                                  .where(Instance.sop_instance_uid == sop_uid)
-                                  .order_by(Instance.version)))
+    priors: list[Instance] = []
+    if session.connection().execute(_HAS_VERSIONS, {"sop_instance_uid": sop_uid}).first():
+        priors = list(session.scalars(select(Instance)
+                                      .where(Instance.sop_instance_uid == sop_uid)
+                                      .order_by(Instance.version)))
     duplicate = _duplicate_of(priors, stored)
     if duplicate is not None:
         prior, how = duplicate
@@ -501,18 +638,16 @@ def record_instance(
         calling_ae=calling_ae,
         received_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(instance)
-            session.flush()
-    except IntegrityError:  # the same bytes arrived on another association just now
-        winner = session.scalars(select(Instance).where(
-            Instance.sop_instance_uid == sop_uid,
-            Instance.content_digest == stored.raw_digest)).first()
-        if winner is None:
-            raise
-        return IngestOutcome(study_id=winner.study_id, instance_id=None, duplicate=True,
+    if not new_version and not classification.loopback \
+            and ExamStatus(study.status) is ExamStatus.RECEIVING:  # the common case
+        _update_study_header(study, study_header)
+        study.last_received_at = max(study.last_received_at, now)
+        if not _insert_into_receiving(session, study, instance, now):
+            return _concurrent_duplicate(session, sop_uid, stored)
+        return IngestOutcome(study_id=study.id, instance_id=instance.id, duplicate=False,
                              new_version=False, reopened=False)
+    if not _flush_new(session, instance):
+        return _concurrent_duplicate(session, sop_uid, stored)
     if new_version:
         session.add(AuditEvent(at=now, kind=EVENT_NEW_VERSION, study_id=study.id,
                                sop_instance_uid=sop_uid,
