@@ -8,8 +8,11 @@ Exams are sent by DCMTK storescu; the reduced-resolution test member is used
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pydicom
+import pydicom.uid
 import pytest
 from sqlalchemy import select
 
@@ -74,6 +77,27 @@ def test_embedded_default_scores_a_dcmtk_sent_exam_into_sqlite(
     wait_until(lambda: exam_status(stack.db, uid) == "delivered", 180, "exam delivered", stack.logs)
     _assert_scored_once(stack, uid)
     assert study_row(stack.db, uid).scoring_attempts == 1
+    # an older acquisition of a view that is already chosen does not change the chosen set:
+    # it is stored, and the scored exam is not re-opened
+    older = _older_copy(files[0], tmp_path / "older.dcm")
+    _send(stack, port, [older])
+    assert exam_status(stack.db, uid) == "delivered"
+    _assert_scored_once(stack, uid)
+
+
+def _older_copy(path: Path, out: Path) -> Path:
+    """The same view under a new SOP Instance UID, acquired a day before the original."""
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    acquired = ds.get("AcquisitionDateTime") or f"{ds.AcquisitionDate}{ds.AcquisitionTime}"
+    day = (datetime.strptime(str(acquired)[:8], "%Y%m%d") - timedelta(days=1)).strftime("%Y%m%d")
+    ds.AcquisitionDateTime = day + str(acquired)[8:]
+    for keyword in ("AcquisitionDate", "ContentDate"):
+        if keyword in ds:
+            setattr(ds, keyword, day)
+    ds.save_as(out)
+    return out
 
 
 @pytest.fixture

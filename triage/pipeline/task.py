@@ -155,7 +155,8 @@ def process_study(db: Database, ensemble: Ensemble, study_id: int,
             if outputs is not None:
                 session.flush()
                 outputs.record(session, study_id, run, written)
-            study.chosen_set_digest = result.instances_digest
+            # the exam's chosen_set_digest stays the assembly's (what a later image is
+            # compared with); the run records which instances it scored
             set_status(session, study, ExamStatus.SCORED,
                        f"score {result.exam_score:.4f}, category {result.category}")
     except OperationalError as exc:
