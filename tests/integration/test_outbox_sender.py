@@ -4,6 +4,7 @@ warnings count as stored, and the exam is delivered only when every row is sent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +14,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
+from sqlalchemy import select
+from typer.testing import CliRunner
 
 from tests.integration.listener_helpers import free_port, image_dataset
+from triage.cli import app as cli_app
 from triage.config import Settings
-from triage.db import Database, OutboxItem, ScoringRun, Study
+from triage.db import AuditEvent, Database, OutboxItem, ScoringRun, Study
 from triage.db.models import utcnow
 from triage.delivery import backoff_seconds, send_pending
 from triage.vocabulary import ExamStatus
@@ -137,3 +141,40 @@ def test_unreachable_archive_is_transient_with_growing_backoff(
         row = _rows(sqlite_db)[uid]
         assert row.status == "pending" and row.attempts == attempt
     assert [backoff_seconds(a) for a in (1, 2, 3, 20)] == [1.0, 2.0, 4.0, 300.0]
+
+
+def test_admin_retry_sends_a_refused_object_again_once_the_archive_accepts_it(
+    sqlite_db: Database, settings: Settings, tmp_path: Path, archive: Archive,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study_id, (refused, ok) = _objects(sqlite_db, settings, tmp_path,
+                                       f"ARCHIVE@127.0.0.1:{archive.port}", 2)
+    archive.answers = {refused: 0xA900}
+    assert send_pending(sqlite_db, settings) == 1
+    assert _rows(sqlite_db)[refused].status == "failed"
+
+    monkeypatch.setenv("TRIAGE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("TRIAGE_DATABASE_URL", settings.resolved_database_url)
+    listed = CliRunner().invoke(cli_app, ["outbox", "list", "--status", "failed", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (entry,) = json.loads(listed.stdout)
+    assert entry["sop_instance_uid"] == refused and entry["last_status_code"] == 0xA900
+    # no scope given: refused, so that nothing is re-sent by accident
+    assert CliRunner().invoke(cli_app, ["outbox", "retry", "--reason", "x"]).exit_code == 2
+    unknown = CliRunner().invoke(cli_app, ["outbox", "retry", "--study", "1.2.404",
+                                           "--reason", "typo"])
+    assert unknown.exit_code == 1 and "1.2.404" in unknown.output
+
+    archive.answers = {}  # the archive now takes the SOP class
+    done = CliRunner().invoke(cli_app, ["outbox", "retry", "--study", "1.2.9",
+                                        "--reason", "archive now accepts SC"])
+    assert done.exit_code == 0 and done.stdout.startswith("1 refused object")
+    row = _rows(sqlite_db)[refused]
+    assert row.status == "pending" and row.attempts == 0
+    with sqlite_db.session() as session:
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.kind == "outbox_retry"))
+        assert event.detail["reason"] == "archive now accepts SC"
+        assert event.detail["previous_attempts"] == 1
+    assert send_pending(sqlite_db, settings) == 1
+    assert archive.received.count(refused) == 1 and archive.received.count(ok) == 1
+    assert _status(sqlite_db, study_id) == "delivered"

@@ -11,6 +11,7 @@ from triage.cli import (
     exams_cmd,
     listen_cmd,
     models_cmd,
+    outbox_cmd,
     score_folder_cmd,
     serve_cmd,
     synthetic_cmd,
@@ -32,6 +33,7 @@ app.command("send", help="Send DICOM files as stored (C-STORE SCU).")(listen_cmd
 app.add_typer(synthetic_cmd.app, name="synthetic", help="Synthetic screening exams (DICOM).")
 app.add_typer(models_cmd.app, name="models", help="Registered models and their weights.")
 app.add_typer(validate_cmd.app, name="validate", help="Check numerics against references.")
+app.add_typer(outbox_cmd.app, name="outbox", help="Results waiting for, sent to or refused by the archive.")
 app.command("worklist", help="Exams by priority, then arrival.")(worklist_cmd.worklist)
 app.command("demo", help="Send a synthetic screening exam to a listener.")(demo_cmd.demo)
 app.command("score-folder", help="Score a folder of DICOM files offline.")(
