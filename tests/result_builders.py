@@ -395,3 +395,22 @@ def with_failed_member(fx: ExamFixture, name: str = "gmic-resnet18-broken",
     )
     result = dataclasses.replace(fx.result, members=(*fx.result.members, failed), partial=True)
     return dataclasses.replace(fx, result=result)
+
+
+def with_member_without_saliency(fx: ExamFixture, name: str = "dmv-cnn-image-only", *,
+                                 only: bool = False, seed: int = 11) -> ExamFixture:
+    """The same exam with one more member that outputs probabilities only (no saliency
+    maps, no ROIs, like DMV-CNN image-only); members weighted equally and breasts
+    recomputed. ``only``: that member alone. FFDM sources only."""
+    rng = np.random.default_rng(seed)
+    added = []
+    for view in {v.sop_instance_uid: v for v in fx.result.views}.values():
+        added.append(dataclasses.replace(
+            view, member=name, p_benign=float(rng.uniform(0.1, 0.6)),
+            p_malignant=float(rng.uniform(0.05, 0.9)), saliency_benign=None,
+            saliency_malignant=None, rois=(), saliency_slice=None))
+    kept = () if only else tuple(m.name for m in fx.result.members)
+    views = [v for v in fx.result.views if v.member in kept] + added
+    result = _assemble_result(fx.result.study_instance_uid, fx.sources, views, (*kept, name),
+                              fx.result.verified)
+    return dataclasses.replace(fx, result=result)

@@ -8,6 +8,7 @@ message names the setting and what to do about it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from enum import StrEnum
@@ -89,6 +90,16 @@ def _default_ensemble() -> list[EnsembleMember]:
     return [EnsembleMember(name=f"gmic-resnet18-{i}", weight=0.2) for i in range(1, 6)]
 
 
+#: Image classes whose probabilities are combined per breast (the scorable image classes of
+#: ``triage.vocabulary.ImageClass``; config imports nothing from the project, a test checks
+#: that the two agree).
+CLASS_WEIGHT_CLASSES = ("ffdm", "synthetic2d", "dbt")
+
+
+def _default_class_weights() -> dict[str, float]:
+    return dict.fromkeys(CLASS_WEIGHT_CLASSES, 1.0)
+
+
 def _default_priorities() -> list[PriorityLevel]:
     return [
         PriorityLevel(name="HIGH", min_score=0.5),
@@ -129,6 +140,15 @@ class Settings(BaseSettings):
     # scoring
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ensemble: list[EnsembleMember] = Field(default_factory=_default_ensemble)
+    #: Relative weight of each image class when a breast's probabilities are combined across
+    #: classes, e.g. ``{"ffdm": 1, "synthetic2d": 1, "dbt": 1}``; per breast renormalised
+    #: over the classes that breast has, so an exam with one class is scored on it alone.
+    #: Default, equal weights: Park et al. (3D-GMIC), section V-B and Table II, average the
+    #: predictions of the models of each modality (FFDM, synthetic 2D, DBT) into a
+    #: "multi-modal ensemble", whose breast-wise malignant AUC with all three modalities
+    #: (0.841) is their best. 0 leaves a class out of the breast and exam scores (its views
+    #: are still scored and reported). Every class must be named.
+    class_weights: dict[str, float] = Field(default_factory=_default_class_weights)
     priorities: list[PriorityLevel] = Field(default_factory=_default_priorities)
     tta_samples: int = Field(default=0, ge=0)
     tta_seed: int = 0
@@ -233,6 +253,26 @@ class Settings(BaseSettings):
         for part in filter(None, (p.strip() for p in v.split(","))):
             Destination.parse(part)
         return v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        known = ", ".join(CLASS_WEIGHT_CLASSES)
+        unknown = sorted(set(v) - set(CLASS_WEIGHT_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown image class(es) {', '.join(unknown)}; the classes are "
+                             f"{known}")
+        missing = [c for c in CLASS_WEIGHT_CLASSES if c not in v]
+        if missing:
+            raise ValueError(f"no weight for {', '.join(missing)}: give every class a weight "
+                             f"({known}; 0 leaves a class out of the score)")
+        bad = {c: w for c, w in v.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"weights must be zero or positive numbers, got {bad}")
+        if not any(v.values()):
+            raise ValueError("every class weight is 0: no exam could be scored; give at least "
+                             "one class a positive weight (default: 1 each)")
+        return {c: float(v[c]) for c in CLASS_WEIGHT_CLASSES}
 
     @field_validator("device")
     @classmethod

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -96,15 +96,28 @@ def _predecessors(session: Session, study_id: int,
     return {}
 
 
-def _read_and_decode(path: Path) -> tuple[Dataset, np.ndarray]:
-    ds = pydicom.dcmread(path)
-    return ds, decode_pixels(ds).array
+def _read_and_decode(path: Path, shown: Mapping[str, set[int]]) -> tuple[Dataset, np.ndarray]:
+    """The source data set and its pixels. A multi-frame (DBT) source is read header-only
+    and only the frames the result shows (``ViewScore.saliency_slice``) are decoded, from
+    the file, into a stack of all frames whose other frames stay zero: ``np.zeros`` pages
+    that are never written are never backed by memory, so a 60-slice volume costs a frame."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if frames <= 1:
+        ds = pydicom.dcmread(path)
+        return ds, decode_pixels(ds).array
+    stack = np.zeros((frames, int(header.Rows), int(header.Columns)), dtype=np.float32)
+    with open(path, "rb") as pixels:
+        for frame in shown.get(str(header.SOPInstanceUID), set()) or {0}:
+            stack[frame] = decode_pixels(header, frame=frame, pixels_from=pixels).array
+    return header, stack
 
 
-def _sources(paths: Sequence[Path]) -> tuple[list[Dataset], dict[str, np.ndarray]]:
+def _sources(paths: Sequence[Path], shown: Mapping[str, set[int]] | None = None,
+             ) -> tuple[list[Dataset], dict[str, np.ndarray]]:
     """The scored source instances and their pixels, decoded concurrently."""
     with ThreadPoolExecutor(max_workers=min(4, max(1, len(paths)))) as pool:
-        decoded = list(pool.map(_read_and_decode, paths))
+        decoded = list(pool.map(lambda p: _read_and_decode(p, shown or {}), paths))
     return [ds for ds, _ in decoded], {str(ds.SOPInstanceUID): px for ds, px in decoded}
 
 
@@ -112,7 +125,11 @@ def build_outputs(settings: Settings, result: ExamResult, source_paths: Sequence
                   predecessors: dict[OutputKind, DocumentReference],
                   ) -> list[tuple[OutputKind, Dataset]]:
     """Every object that leaves us for this result, in sending order (SRs first)."""
-    sources, pixels = _sources(source_paths)
+    shown: dict[str, set[int]] = {}
+    for view in result.views:
+        if view.saliency_slice is not None:
+            shown.setdefault(view.sop_instance_uid, set()).add(view.saliency_slice)
+    sources, pixels = _sources(source_paths, shown)
     objects: list[tuple[OutputKind, Dataset]] = [
         (OutputKind.SR_TID1500, build_tid1500_sr(
             result, sources, settings, predecessor=predecessors.get(OutputKind.SR_TID1500))),

@@ -80,8 +80,11 @@ class ViewScore:
     view: View
     p_benign: float
     p_malignant: float
-    saliency_benign: np.ndarray  # float32 (h, w) on the model-input grid
-    saliency_malignant: np.ndarray  # float32 (h, w)
+    # float32 (h, w) maps on the model-input grid (any resolution spanning the input);
+    # None for a member that produces no saliency (DMV-CNN image-only): the outputs then
+    # list the member and its scores but draw and report no map or peak for it
+    saliency_benign: np.ndarray | None
+    saliency_malignant: np.ndarray | None
     frame: InputFrame
     rois: tuple[RoiPatch, ...] = ()
     saliency_slice: int | None = None  # DBT: slice shown / referenced (0-based)

@@ -6,6 +6,10 @@ Rules (issue 5, the papers' rule):
 * per breast across members: weighted mean with the configured ensemble weights,
   renormalised over the members that produced that breast (a member left out does not
   drag the mean towards zero);
+* per breast across image classes (FFDM, synthetic 2D, DBT; ``combine_classes``): the
+  members are first combined within each class as above, then the classes by
+  ``TRIAGE_CLASS_WEIGHTS``, renormalised over the classes that breast has (an exam with
+  FFDM only is scored on FFDM as if the other classes were not configured);
 * exam triage score: the maximum malignant probability over breasts;
 * category: the first configured level whose ``min_score`` the score reaches; ``NOT
   TRIAGED`` whenever a member's weights are not verified published weights.
@@ -28,6 +32,7 @@ class ViewProbability:
     view: View
     p_benign: float
     p_malignant: float
+    image_class: str = "ffdm"  # of the scored image: ffdm, synthetic2d or dbt
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class BreastProbability:
     p_malignant: float
     per_member: dict[str, tuple[float, float]]
     views_used: tuple[View, ...]
+    classes: tuple[str, ...] = ()  # image classes combined (combine_classes only)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,63 @@ def combine_members(
         breasts.append(BreastProbability(
             laterality=lat, p_benign=benign, p_malignant=malignant,
             per_member={m: (b, mal) for m, (b, mal, _) in members.items()}, views_used=views_used,
+        ))
+    return breasts
+
+
+def _class_mean(pairs: Mapping[str, tuple[float, float]],
+                class_weights: Mapping[str, float]) -> tuple[float, float]:
+    """Class-weighted mean of (benign, malignant) pairs; one class: that pair, unchanged."""
+    if len(pairs) == 1:
+        return next(iter(pairs.values()))
+    total = sum(class_weights[c] for c in pairs)
+    return (sum(class_weights[c] * p[0] for c, p in pairs.items()) / total,
+            sum(class_weights[c] * p[1] for c, p in pairs.items()) / total)
+
+
+def combine_classes(
+    views: Sequence[ViewProbability], member_weights: Mapping[str, float],
+    class_weights: Mapping[str, float],
+) -> list[BreastProbability]:
+    """Per-breast probabilities over image classes (Park et al.'s multimodal ensemble).
+
+    1. Within each image class, :func:`combine_members` per breast (per member: mean of the
+       breast's views; across members: ensemble weights renormalised over the members that
+       scored it).
+    2. Across classes, per breast: ``sum_c w_c p_c / sum_c w_c`` over the classes that breast
+       has, ``w_c`` from ``class_weights``. A class with weight 0 is left out (its view scores
+       are still reported); a breast left with no class of positive weight is not scored.
+    3. ``per_member[m]``: the member's own number for the breast, the same class-weighted
+       mean over the classes it scored there (a member of one class: its
+       :func:`combine_members` value, as before).
+
+    With views of one class only, the result equals :func:`combine_members`.
+    """
+    by_class: dict[str, list[ViewProbability]] = {}
+    for v in views:
+        by_class.setdefault(v.image_class, []).append(v)
+    unknown = sorted(set(by_class) - set(class_weights))
+    if unknown:
+        raise ScoringError(f"no class weight configured for image class(es) {unknown} "
+                           "(TRIAGE_CLASS_WEIGHTS)")
+    per_class = {c: {b.laterality: b for b in combine_members(vs, member_weights)}
+                 for c, vs in sorted(by_class.items()) if class_weights[c] > 0}
+    breasts: list[BreastProbability] = []
+    for lat in (Laterality.LEFT, Laterality.RIGHT):
+        present = {c: side[lat] for c, side in per_class.items() if lat in side}
+        if not present:
+            continue
+        benign, malignant = _class_mean(
+            {c: (b.p_benign, b.p_malignant) for c, b in present.items()}, class_weights)
+        members: dict[str, tuple[float, float]] = {}
+        for name in dict.fromkeys(m for b in present.values() for m in b.per_member):
+            members[name] = _class_mean(
+                {c: b.per_member[name] for c, b in present.items() if name in b.per_member},
+                class_weights)
+        used = {v for b in present.values() for v in b.views_used}
+        breasts.append(BreastProbability(
+            laterality=lat, p_benign=benign, p_malignant=malignant, per_member=members,
+            views_used=tuple(sorted(used, key=lambda x: x.value)), classes=tuple(present),
         ))
     return breasts
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from triage.config import Settings, load_settings
 from triage.db import Database, ScoringRun, Study, create_database
 from triage.models import ensure_demo_weights
-from triage.synthetic import ExamSpec, generate_exam
+from triage.synthetic import ExamSpec, generate_dbt_exam, generate_exam
 
 TRIAGE = str(Path(sys.executable).with_name("triage"))
 TEST_MEMBER = "gmic-testing-small"
@@ -142,6 +142,18 @@ def runs_of(db: Database, study_uid: str) -> list[ScoringRun]:
 def small_exam(out_dir: Path, seed: int = 7) -> tuple[str, list[Path]]:
     """A synthetic 4-view exam at 1/4 matrix size (fast to send and score)."""
     summary = generate_exam(ExamSpec(seed=seed, lesion=True, scale=0.25), out_dir)
+    return summary.study_instance_uid, [Path(p) for p in summary.files]
+
+
+#: DBT slices of the end-to-end exam: few (CI time), each >= 1.2 Mpixel (1434x1165).
+DBT_SLICES = 8
+
+
+def small_dbt_exam(out_dir: Path, seed: int = 9) -> tuple[str, list[Path]]:
+    """A synthetic 4-view tomosynthesis exam (Breast Tomosynthesis objects, one per view) of
+    ``DBT_SLICES`` thin slices at half the detector matrix."""
+    summary = generate_dbt_exam(ExamSpec(seed=seed, lesion=True, scale=0.5), out_dir,
+                                slices=DBT_SLICES)
     return summary.study_instance_uid, [Path(p) for p in summary.files]
 
 

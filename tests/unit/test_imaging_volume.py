@@ -205,9 +205,10 @@ def test_slices_are_decoded_one_frame_at_a_time(monkeypatch: pytest.MonkeyPatch)
     decoded: list[int | None] = []
     original = volume_module.decode_pixels
 
-    def counting(dataset: Dataset, *, frame: int | None = None):  # type: ignore[no-untyped-def]
+    def counting(dataset: Dataset, *, frame: int | None = None,  # type: ignore[no-untyped-def]
+                 pixels_from: Any = None):
         decoded.append(frame)
-        return original(dataset, frame=frame)
+        return original(dataset, frame=frame, pixels_from=pixels_from)
 
     monkeypatch.setattr(volume_module, "decode_pixels", counting)
     slices = iter_slices(ds)

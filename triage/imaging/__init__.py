@@ -10,6 +10,7 @@ from triage.imaging.augment import (
     random_window,
     sample_windows,
 )
+from triage.imaging.auxiliary import prepare_view_resized, window_plane
 from triage.imaging.centering import best_center
 from triage.imaging.cropping import CropResult, crop_mammogram
 from triage.imaging.decode import DecodedPixels, decode_pixels, iter_frames, lossy_reason
@@ -46,6 +47,7 @@ __all__ = [
     "needs_flip",
     "patch_grid",
     "prepare_view",
+    "prepare_view_resized",
     "preprocess_record",
     "random_window",
     "resize_input",
@@ -55,4 +57,5 @@ __all__ = [
     "standardize",
     "standardize_whole",
     "stride_list",
+    "window_plane",
 ]

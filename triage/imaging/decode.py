@@ -34,9 +34,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import UID
@@ -161,7 +162,8 @@ def _value_range(source: Dataset | None, lo: int, hi: int) -> tuple[float, float
     return float(mapped.min()), float(mapped.max())
 
 
-def _decode_frame(ds: Dataset, ts: UID, index: int, uid: str) -> tuple[np.ndarray, str]:
+def _decode_frame(ds: Dataset, ts: UID, index: int, uid: str,
+                  pixels_from: BinaryIO | None = None) -> tuple[np.ndarray, str]:
     try:
         decoder = get_decoder(ts)
     except NotImplementedError as exc:
@@ -197,10 +199,18 @@ def _decode_frame(ds: Dataset, ts: UID, index: int, uid: str) -> tuple[np.ndarra
         name = plugin.removesuffix(_CHILD)
         try:
             if plugin.endswith(_CHILD):
-                array = decode_in_child(ds, index, name)
+                if pixels_from is not None and "PixelData" not in ds:
+                    pixels_from.seek(0)  # last-resort decoder: it needs the whole data set
+                    array = decode_in_child(dcmread(pixels_from), index, name)
+                else:
+                    array = decode_in_child(ds, index, name)
             else:
                 options: dict[str, Any] = {"correct_unused_bits": True}
-                array = pixel_array(ds, index=index, decoding_plugin=name, **options)
+                source: Dataset | BinaryIO = ds
+                if pixels_from is not None:
+                    pixels_from.seek(0)
+                    source = pixels_from
+                array = pixel_array(source, index=index, decoding_plugin=name, **options)
         except Exception as exc:  # any plugin failure: try the next, report all
             errors.append(f"{name or 'pydicom'}: {type(exc).__name__}: {exc}")
             last = exc
@@ -212,12 +222,16 @@ def _decode_frame(ds: Dataset, ts: UID, index: int, uid: str) -> tuple[np.ndarra
     ) from last
 
 
-def decode_pixels(ds: Dataset, *, frame: int | None = None) -> DecodedPixels:
+def decode_pixels(ds: Dataset, *, frame: int | None = None,
+                  pixels_from: BinaryIO | None = None) -> DecodedPixels:
     """Decode one frame of a grayscale image into the model pixel contract.
 
     ``frame`` is the 0-based frame of a multi-frame object (required there); only that frame
-    is decoded. Raises DecodeError (naming the SOP Instance UID and the transfer syntax) when
-    the pixel data cannot be decoded or is not a grayscale image.
+    is decoded. With ``pixels_from`` (the object's file, opened ``rb``) ``ds`` may be the
+    header alone (``dcmread(..., stop_before_pixels=True)``) and only that frame's bytes are
+    read from the file, so a large multi-frame object (DBT) is never held in memory whole.
+    Raises DecodeError (naming the SOP Instance UID and the transfer syntax) when the pixel
+    data cannot be decoded or is not a grayscale image.
     """
     uid = _uid_of(ds)
     ts = _transfer_syntax(ds)
@@ -226,7 +240,7 @@ def decode_pixels(ds: Dataset, *, frame: int | None = None) -> DecodedPixels:
             f"instance {uid}: no Transfer Syntax UID in the file meta information, so the "
             "pixel data cannot be interpreted"
         )
-    if "PixelData" not in ds:
+    if "PixelData" not in ds and pixels_from is None:
         raise DecodeError(
             f"instance {uid} (transfer syntax {ts.name}): no Pixel Data (7FE0,0010); "
             "float or double float pixel data is not a mammogram"
@@ -253,7 +267,7 @@ def decode_pixels(ds: Dataset, *, frame: int | None = None) -> DecodedPixels:
                 f"frame {index} out of range: instance {uid} has {number_of_frames} frame(s)"
             )
 
-    stored, plugin = _decode_frame(ds, ts, index, uid)
+    stored, plugin = _decode_frame(ds, ts, index, uid, pixels_from)
     if stored.ndim != 2:
         raise DecodeError(
             f"instance {uid} (transfer syntax {ts.name}): decoded frame has shape "

@@ -55,7 +55,10 @@ be cut with the same window. Hence:
   standardises each slice on its own, as the 2D pipeline does per image.
 * **Memory**: the output (D, H, W) float32 array is allocated once and each decoded frame is
   copied straight into its window (zero padding elsewhere), so the peak stays near one
-  float32 volume plus a few slices.
+  float32 volume plus a few slices — provided the stored pixel data is not held whole as
+  well: pass the header and ``pixels_from`` (the open file) and each frame's bytes are read
+  from the file when it is decoded. (Stored frames are often larger than the model window:
+  a 3584x2816 16-bit DBT holds 1.8 times the bytes of its 2116x1339 float32 volume.)
 
 Everything is in the stored pixel frame of the object; :class:`~triage.results.InputFrame`
 maps a slice-plane input pixel to the stored frame ``frame_indices[k]`` of slice ``k``.
@@ -68,7 +71,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -485,16 +488,19 @@ class VolumeSlice:
     pixels: DecodedPixels
 
 
-def iter_slices(ds: Dataset, order: VolumeInfo | Sequence[int] | None = None
-                ) -> Iterator[VolumeSlice]:
+def iter_slices(ds: Dataset, order: VolumeInfo | Sequence[int] | None = None, *,
+                pixels_from: BinaryIO | None = None) -> Iterator[VolumeSlice]:
     """Decode the frames of ``ds`` one at a time, in slice order (``order`` = stored frame
-    per slice; default: :func:`read_volume_frames`)."""
+    per slice; default: :func:`read_volume_frames`). With ``pixels_from`` (the object's
+    file, opened ``rb``) ``ds`` may be the header alone and each frame's bytes are read from
+    the file (see :func:`triage.imaging.decode.decode_pixels`)."""
     if order is None:
         order = read_volume_frames(ds)
     frames = order.order if isinstance(order, VolumeInfo) else tuple(int(i) for i in order)
     multi = "NumberOfFrames" in ds
     for index, frame in enumerate(frames):
-        yield VolumeSlice(index, frame, decode_pixels(ds, frame=frame if multi else None))
+        yield VolumeSlice(index, frame, decode_pixels(ds, frame=frame if multi else None,
+                                                      pixels_from=pixels_from))
 
 
 @dataclass(frozen=True)
@@ -534,12 +540,14 @@ class PreparedVolume:
         return int(self.array.shape[0])
 
 
-def _reference_image(ds: Dataset, info: VolumeInfo, reference: Reference) -> np.ndarray:
+def _reference_image(ds: Dataset, info: VolumeInfo, reference: Reference,
+                     pixels_from: BinaryIO | None) -> np.ndarray:
     if reference == "central":
         middle = info.order[info.depth // 2]
-        return decode_pixels(ds, frame=middle if "NumberOfFrames" in ds else None).array
+        return decode_pixels(ds, frame=middle if "NumberOfFrames" in ds else None,
+                             pixels_from=pixels_from).array
     mip: np.ndarray | None = None
-    for item in iter_slices(ds, info):
+    for item in iter_slices(ds, info, pixels_from=pixels_from):
         if mip is None:
             mip = item.pixels.array.copy()
         else:
@@ -605,8 +613,14 @@ def prepare_volume(
     reference: Reference = "mip",
     standardization: Standardization = "volume",
     strict_orientation: bool = False,
+    pixels_from: BinaryIO | None = None,
 ) -> PreparedVolume:
     """Preprocess a DBT object into the 3D-GMIC input (see the module docstring).
+
+    With ``pixels_from`` (the object's file, opened ``rb``) ``ds`` may be the header alone
+    (``dcmread(..., stop_before_pixels=True)``): frames are then read from the file one at a
+    time and the stored pixel data is never held whole, so the peak stays near the float32
+    output volume whatever the size of the stored frames.
 
     Raises PreprocessingError when laterality or view cannot be read, no breast is found,
     or the orientation cannot be used; DecodeError when a frame cannot be decoded.
@@ -625,7 +639,7 @@ def prepare_volume(
         raise ValueError(f"standardization must be 'volume' or 'slice', not {standardization!r}")
     height, width = int(input_size[0]), int(input_size[1])
 
-    representative = _reference_image(ds, info, reference)
+    representative = _reference_image(ds, info, reference, pixels_from)
     decisions = prepare_view(
         representative, info.laterality, info.view, (height, width),
         patient_orientation=info.patient_orientation, strict_orientation=strict_orientation,
@@ -638,7 +652,7 @@ def prepare_volume(
     volume = np.zeros((info.depth, height, width), dtype=np.float32)
     lossy_reason: str | None = None
     lossy = False
-    for item in iter_slices(ds, info):
+    for item in iter_slices(ds, info, pixels_from=pixels_from):
         pixels = item.pixels.array
         if pixels.shape != frame.source_shape:
             raise PreprocessingError(

@@ -22,9 +22,12 @@ Built from the paper (section IV) and the published checkpoints' key layout:
   image-wise model reports the same two rows per view (rows 2-3 of its 8 outputs are
   returned raw in ``logprob`` but used for nothing, as in the reference's single-image
   use), and each breast's probability is the mean of its CC and MLO views;
-* image-and-heatmaps variant: the same with 3 input channels
-  ``[image, malignant heatmap, benign heatmap]`` (section IV-B; only the first convolution
-  changes).
+* image-and-heatmaps variant: the same with 3 input channels, the image and the patch
+  classifier's two heatmaps (section IV-B; only the first convolution changes). The paper
+  writes the input ``[x; x^m; x^b]``; the pipeline stacks ``[image, benign, malignant]``,
+  the order of the published code (``triage.pipeline.dmv.HEATMAP_CHANNELS``). Nothing here
+  can confirm which order the published weights expect: only the authors' sample
+  predictions of ``sample_imageheatmaps_model.p`` can.
 
 Inputs are the preprocessed views (N, C, H, W) with every breast facing right (the
 imaging pipeline mirrors right breasts); model sizes CC 2677x1942, MLO 2974x1748 (any size

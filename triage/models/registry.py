@@ -171,6 +171,10 @@ def _gmic_unpublished(depth: str) -> ModelSpec:
 
 
 TESTING_ONLY = "testing_only"
+#: ``extra`` key naming the model whose heatmaps a member takes as extra input channels.
+#: That model is loaded with the member (``weights.LoadedModel.companions``); it is not an
+#: ensemble member and has no ensemble weight, but its weights count for the run's status.
+HEATMAPS_FROM = "heatmaps_from"
 
 
 def _gmic_testing() -> ModelSpec:
@@ -253,6 +257,35 @@ def _gmic3d_published(index: int, path: str, blob: str, percent_t: float, k: int
     )
 
 
+def _gmic3d_testing() -> ModelSpec:
+    """3D-GMIC at reduced slice size, for automated tests only (same code, same key layout).
+
+    Loads only with ``TRIAGE_TESTING=1``. 1024x640 slices give a 16x10 saliency map per
+    slice; 128x128 crops (a 2x2 window on the map), K=4; pooling fraction and zeta as the
+    published model 1. Never a clinical configuration.
+    """
+    size = (1024, 640)
+    return ModelSpec(
+        name="gmic3d-testing-small",
+        version=GMIC3D_VERSION,
+        architecture=("3D-GMIC at reduced resolution (TESTING ONLY, 1024x640 slices, K=4, "
+                      "128x128 ROI, zeta 10)"),
+        builder=_build_gmic3d,
+        hyperparameters=GMIC3DConfig(percent_t=PUBLISHED_GMIC3D_FILES[0][2], k=4,
+                                     crop_shape=(128, 128), input_shape=size),
+        input_size=MappingProxyType({View.CC: size, View.MLO: size}),
+        preprocessing="gmic3d-testing",
+        modality="dbt",
+        weights=WeightSpec(file_name="gmic3d-testing-small.pt"),
+        licence=("No published weights at this size: the architecture follows Park et al. "
+                 "(3D-GMIC); the licence of whatever weights a test imports applies."),
+        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
+                      "use. Never clinical."),
+        paper=GMIC3D_PAPER,
+        extra=MappingProxyType({TESTING_ONLY: True}),
+    )
+
+
 # -- DMV-CNN (Wu et al. 2019, breast_cancer_classifier) and its patch classifier ----------
 DMV_PAPER = ("Wu et al. 2019, Deep neural networks improve radiologists' performance in "
              "breast cancer screening, IEEE TMI 39(4) (DMV-CNN)")
@@ -323,7 +356,7 @@ def _dmv_specs() -> list[ModelSpec]:
             licence=NYU_LICENCE,
             intended_use=NYU_INTENDED_USE,
             paper=DMV_PAPER,
-            extra=MappingProxyType({"heatmaps_from": "dmv-patch-densenet121"}),
+            extra=MappingProxyType({HEATMAPS_FROM: "dmv-patch-densenet121"}),
         ),
         ModelSpec(
             name="dmv-patch-densenet121",
@@ -344,13 +377,51 @@ def _dmv_specs() -> list[ModelSpec]:
     ]
 
 
+#: Reduced DMV-CNN input size for automated tests: the fixtures' 0.25 scale.
+DMV_TESTING_SCALE = 0.25
+
+
+def _dmv_testing() -> ModelSpec:
+    """The view-wise image-only DMV-CNN at 0.25 scale, for automated tests only.
+
+    Same code and weights layout as ``dmv-cnn-image-only``; its preprocessing
+    (``breast_cancer_classifier-testing``) prepares each view at the full window and
+    resizes the standardised input to CC 669x486 / MLO 744x437 with ``INTER_AREA``, as
+    the reduced-resolution DMV-CNN fixtures were made. Loads only with ``TRIAGE_TESTING=1``.
+    """
+    size = MappingProxyType({
+        view: (round(h * DMV_TESTING_SCALE), round(w * DMV_TESTING_SCALE))
+        for view, (h, w) in DMV_INPUT_SIZE.items()
+    })
+    return ModelSpec(
+        name="dmv-cnn-testing-small",
+        version=DMV_VERSION,
+        architecture=("DMV-CNN view-wise image-only at 0.25 scale (TESTING ONLY, CC 669x486, "
+                      "MLO 744x437)"),
+        builder=_build_dmv,
+        hyperparameters=DMVConfig(input_channels=1),
+        input_size=size,
+        preprocessing="breast_cancer_classifier-testing",
+        modality="ffdm",
+        weights=WeightSpec(file_name="dmv-cnn-testing-small.pt", state_dict_key="model"),
+        licence=("No published weights at this size: the architecture follows Wu et al. 2019; "
+                 "the licence of whatever weights a test imports applies."),
+        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
+                      "use. Never clinical."),
+        paper=DMV_PAPER,
+        extra=MappingProxyType({TESTING_ONLY: True}),
+    )
+
+
 def _catalogue() -> dict[str, ModelSpec]:
     specs = [_gmic_published(i, path, blob, t)
              for i, (path, blob, t) in enumerate(PUBLISHED_GMIC_FILES, start=1)]
     specs += [_gmic_unpublished("resnet34"), _gmic_unpublished("resnet50"), _gmic_testing()]
     specs += [_gmic3d_published(i, path, blob, t, k)
               for i, (path, blob, t, k) in enumerate(PUBLISHED_GMIC3D_FILES, start=1)]
+    specs.append(_gmic3d_testing())
     specs += _dmv_specs()
+    specs.append(_dmv_testing())
     return {spec.name: spec for spec in specs}
 
 

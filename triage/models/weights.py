@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from triage.config import Settings
 from triage.errors import ModelError, WeightsError
-from triage.models.registry import TESTING_ONLY, ModelSpec, get_spec, list_specs
+from triage.models.registry import HEATMAPS_FROM, TESTING_ONLY, ModelSpec, get_spec, list_specs
 from triage.vocabulary import WeightsStatus
 
 logger = logging.getLogger(__name__)
@@ -440,6 +440,8 @@ def ensure_demo_weights(settings: Settings, names: list[str] | None = None) -> l
     calibrated.
     """
     wanted = names if names is not None else [m.name for m in settings.ensemble]
+    wanted = list(dict.fromkeys(
+        n for name in wanted for n in (name, *companion_names(get_spec(name)))))
     created: list[ManifestEntry] = []
     existing = read_manifest(settings)
     for name in wanted:
@@ -453,10 +455,13 @@ def ensure_demo_weights(settings: Settings, names: list[str] | None = None) -> l
             module = _instantiate(spec, {})
         state = {k: (v.half() if v.is_floating_point() else v)
                  for k, v in module.state_dict().items()}
+        payload: Any = state
+        if spec.weights.state_dict_key is not None:  # the published files' wrapping
+            payload = {spec.weights.state_dict_key: state}
         file_name = f"{Path(spec.weights.file_name).stem}.synthetic-demo.pt"
         target = settings.models_dir / file_name
-        def save(handle: Any, state: dict[str, Tensor] = state) -> None:
-            torch.save(state, handle)
+        def save(handle: Any, payload: Any = payload) -> None:
+            torch.save(payload, handle)
 
         _atomic_write(target, save)
         digests = file_digests(target)
@@ -482,13 +487,39 @@ def ensure_demo_weights(settings: Settings, names: list[str] | None = None) -> l
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready for inference, with the facts the DB and SR record about it."""
+    """A model ready for inference, with the facts the DB and SR record about it.
+
+    ``companions`` are the models the member needs that are not ensemble members
+    themselves (the DMV-CNN image-and-heatmaps model's patch classifier), loaded with it
+    on the same device under the same rules; see :func:`companion_names`.
+    """
 
     module: nn.Module
     spec: ModelSpec
     weights_status: WeightsStatus
     sha256: str | None
     path: Path | None
+    companions: tuple[LoadedModel, ...] = ()
+
+    def companion(self, name: str) -> LoadedModel:
+        for loaded in self.companions:
+            if loaded.spec.name == name:
+                return loaded
+        raise ModelError(f"model {self.spec.name} was loaded without its companion {name}")
+
+
+def companion_names(spec: ModelSpec) -> tuple[str, ...]:
+    """Models loaded together with ``spec`` (``extra[HEATMAPS_FROM]``)."""
+    name = spec.extra.get(HEATMAPS_FROM)
+    return (str(name),) if name else ()
+
+
+def _load_companion(member: ModelSpec, name: str, settings: Settings, device: torch.device,
+                    allow_uncalibrated: bool | None) -> LoadedModel:
+    try:
+        return load_member(name, settings, device, allow_uncalibrated)
+    except (WeightsError, ModelError) as exc:
+        raise type(exc)(f"model {member.name} needs {name} for its heatmaps: {exc}") from exc
 
 
 def load_member(name: str, settings: Settings, device: torch.device,
@@ -533,5 +564,7 @@ def load_member(name: str, settings: Settings, device: torch.device,
     sha256: str | None = load_weights(module, path, entry.sha256,
                                       spec.weights.state_dict_key).sha256
     module = module.float().to(device).eval()
+    companions = tuple(_load_companion(spec, other, settings, device, allow_uncalibrated)
+                       for other in companion_names(spec))
     return LoadedModel(module=module, spec=spec, weights_status=status, sha256=sha256,
-                       path=path)
+                       path=path, companions=companions)

@@ -12,14 +12,17 @@ and for DBT the slice shown.
 Saliency maps live on the model-input grid (any resolution spanning the input); they are
 resized to the input size and placed on the source geometry by inverting
 ``ViewScore.frame`` (crop, mirror, padding, window). Members are combined with their
-normalised ensemble weights. Text is drawn with OpenCV's built-in Hershey font (no font
+normalised ensemble weights, renormalised over the members that have a map: a member
+without saliency (DMV-CNN image-only) adds nothing to the picture and does not dim the
+others; its probabilities still count and the legend lists it with "no saliency map".
+Text is drawn with OpenCV's built-in Hershey font (no font
 files). Decoding is the caller's job: the builder takes the stored pixel array.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -45,7 +48,7 @@ from triage.outputs.common import (
     weighted_members,
 )
 from triage.outputs.uids import instance_uid, series_uid
-from triage.results import ExamResult, InputFrame, ViewScore
+from triage.results import ExamResult, InputFrame, MemberInfo, ViewScore
 from triage.vocabulary import OutputKind
 
 logger = logging.getLogger(__name__)
@@ -203,10 +206,32 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
     for v in views:
         m = members.get(v.member)
         if m is not None:
-            lines.append((f"{m.name} {m.version} ({m.weights_status.value})", TEXT_RGB))
+            no_map = v.saliency_malignant is None and v.saliency_benign is None
+            lines.append((f"{m.name} {m.version} ({m.weights_status.value}): p(malignant) "
+                          f"{v.p_malignant:.3f} p(benign) {v.p_benign:.3f}"
+                          + ("; no saliency map" if no_map else ""), TEXT_RGB))
     if scale < 1.0:
         lines.append((f"downscaled x{scale:.3f}", TEXT_RGB))
     return lines
+
+
+def combined_saliency(views: Sequence[ViewScore], members: Mapping[str, MemberInfo],
+                      saliency: Callable[[ViewScore], np.ndarray | None],
+                      shape: tuple[int, int]) -> np.ndarray:
+    """Weighted mean on the source grid of the maps ``saliency`` picks from ``views``.
+
+    Members without that map are skipped and the ensemble weights are renormalised over
+    the members that have one; all zero when no member has a map.
+    """
+    out = np.zeros(shape, dtype=np.float32)
+    present = [v for v in views if saliency(v) is not None]
+    if not present:
+        return out
+    for view, weight in weighted_members(present, members):
+        sal = saliency(view)
+        if sal is not None:
+            out += weight * saliency_on_source(view.frame, sal)
+    return out
 
 
 def render_overlay(
@@ -241,11 +266,9 @@ def render_overlay(
         )
 
     gray = display_gray(array, source)
-    malignant: np.ndarray = np.zeros(array.shape, dtype=np.float32)
-    benign: np.ndarray = np.zeros(array.shape, dtype=np.float32)
-    for view, weight in weighted:
-        malignant += weight * saliency_on_source(view.frame, view.saliency_malignant)
-        benign += weight * saliency_on_source(view.frame, view.saliency_benign)
+    shape = (int(array.shape[0]), int(array.shape[1]))
+    malignant = combined_saliency(views, members, lambda v: v.saliency_malignant, shape)
+    benign = combined_saliency(views, members, lambda v: v.saliency_benign, shape)
     pm = float(sum(w * v.p_malignant for v, w in weighted))
     pb = float(sum(w * v.p_benign for v, w in weighted))
 

@@ -40,8 +40,11 @@ used for the value items and the document is assembled here. Tree:
 A Single Image Finding is written per scored view whose ensemble (weight-averaged)
 malignant probability reaches ``settings.cad_certainty_threshold``; Certainty of Finding
 is that probability in percent. Its Center is the malignant saliency peak and its Outline
-the highest-attention ROI of the member contributing most (weight x peak). Whether the
-object may leave the product is decided by the caller with ``cad_sr_allowed``.
+the highest-attention ROI of the member contributing most (weight x peak), among the
+members that produce a malignant saliency map; when none of the view's members has one
+(e.g. DMV-CNN image-only alone) the finding has no Center and no Outline. Each member's
+Detection Performed item lists its per-breast probabilities as Algorithm Parameters.
+Whether the object may leave the product is decided by the caller with ``cad_sr_allowed``.
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ from triage.outputs.common import (
     weighted_members,
 )
 from triage.outputs.uids import instance_uid, series_uid
-from triage.results import ExamResult, MemberInfo, RoiPatch, ViewScore
-from triage.vocabulary import OutputKind
+from triage.results import BreastScore, ExamResult, MemberInfo, RoiPatch, ViewScore
+from triage.vocabulary import Laterality, OutputKind
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +141,7 @@ class CadFinding:
 
     sop_instance_uid: str
     certainty: float  # ensemble malignant probability, 0..1
-    center: tuple[float, float]  # source (row, col)
+    center: tuple[float, float] | None  # source (row, col); None: no member has saliency
     center_frame: int | None  # 1-based, DBT only
     outline: tuple[int, int, int, int] | None  # source (top, left, bottom, right)
     outline_frame: int | None
@@ -153,10 +156,14 @@ def cad_findings(result: ExamResult, threshold: float) -> list[CadFinding]:
         certainty = float(sum(w * v.p_malignant for v, w in weighted))
         if certainty < threshold:
             continue
-        lead, _ = max(
-            weighted, key=lambda vw: vw[1] * saliency_peak(vw[0], vw[0].saliency_malignant).value
-        )
-        peak = saliency_peak(lead, lead.saliency_malignant)
+        peaks = [(view, weight, saliency_peak(view, view.saliency_malignant))
+                 for view, weight in weighted if view.saliency_malignant is not None]
+        if not peaks:  # no member of this view produces saliency: no location
+            findings.append(CadFinding(
+                sop_instance_uid=uid, certainty=min(max(certainty, 0.0), 1.0), center=None,
+                center_frame=None, outline=None, outline_frame=None))
+            continue
+        lead, _, peak = max(peaks, key=lambda vwp: vwp[1] * vwp[2].value)
         roi: RoiPatch | None = max(lead.rois, key=lambda r: r.attention) if lead.rois else None
         slice_frame = lead.saliency_slice + 1 if lead.saliency_slice is not None else None
         findings.append(CadFinding(
@@ -251,12 +258,19 @@ def _algorithm(name: str, version: str, parameters: Sequence[str] = ()) -> list[
     return items
 
 
-def _member_parameters(member: MemberInfo, verified: bool) -> list[str]:
+def _member_parameters(member: MemberInfo, verified: bool,
+                       breasts: Sequence[BreastScore] = ()) -> list[str]:
     params = [
         f"weights sha256 {member.weights_sha256 or 'none'}",
         f"weights status {member.weights_status.value}",
         f"ensemble weight {member.ensemble_weight:g}",
     ]
+    for breast in breasts:
+        if member.name in breast.per_member:
+            p_benign, p_malignant = breast.per_member[member.name]
+            side = "left" if breast.laterality is Laterality.LEFT else "right"
+            params.append(f"{side} breast p(malignant) {p_malignant:.4f} "
+                          f"p(benign) {p_benign:.4f}")
     if not verified:
         params.insert(0, UNCALIBRATED)
     if not member.included:
@@ -274,15 +288,6 @@ def _container(name: hd.sr.CodedConcept, rel: _R, children: Sequence[Dataset]) -
 
 
 def _finding_item(finding: CadFinding, library: _Library, result: ExamResult) -> Dataset:
-    row, col = finding.center
-    center = _plain(
-        hd.sr.ScoordContentItem(
-            name=CENTER, graphic_type="POINT",
-            graphic_data=np.array([[col + 0.5, row + 0.5]], dtype=np.float64),
-            relationship_type=_R.HAS_PROPERTIES),
-        [_by_reference(_R.SELECTED_FROM,
-                       library.path(finding.sop_instance_uid, finding.center_frame))],
-    )
     children: list[Dataset] = [
         _code(RENDERING_INTENT, PRESENTATION_REQUIRED, _R.HAS_CONCEPT_MOD),
         *_algorithm(ENSEMBLE_NAME, result.model_set_version[:64]),
@@ -290,8 +295,17 @@ def _finding_item(finding: CadFinding, library: _Library, result: ExamResult) ->
             name=CERTAINTY_OF_FINDING, value=round(finding.certainty * 100, 4), unit=PERCENT,
             relationship_type=_R.HAS_PROPERTIES)),
         _text(SELECTED_REGION_DESCRIPTION, REGION_DESCRIPTION, _R.HAS_PROPERTIES),
-        center,
     ]
+    if finding.center is not None:
+        row, col = finding.center
+        children.append(_plain(
+            hd.sr.ScoordContentItem(
+                name=CENTER, graphic_type="POINT",
+                graphic_data=np.array([[col + 0.5, row + 0.5]], dtype=np.float64),
+                relationship_type=_R.HAS_PROPERTIES),
+            [_by_reference(_R.SELECTED_FROM,
+                           library.path(finding.sop_instance_uid, finding.center_frame))],
+        ))
     if finding.outline is not None:
         children.append(_plain(
             hd.sr.ScoordContentItem(
@@ -331,7 +345,8 @@ def _detections(result: ExamResult, library: _Library) -> Dataset:
                     for uid in dict.fromkeys(v.sop_instance_uid
                                              for v in by_member.get(m.name, ()))]
             items.append(_code(DETECTION_PERFORMED, SELECTED_REGION, _R.CONTAINS, [
-                *_algorithm(m.name[:64], m.version[:64], _member_parameters(m, result.verified)),
+                *_algorithm(m.name[:64], m.version[:64],
+                            _member_parameters(m, result.verified, result.breasts)),
                 *refs,
             ]))
         groups.append(_container(concept, _R.INFERRED_FROM, items))

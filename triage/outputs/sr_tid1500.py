@@ -20,7 +20,9 @@ Content tree (root: (126000, DCM, "Imaging Measurement Report")):
   - per scored view and member: each ROI patch as a closed POLYLINE on the SOURCE image
     (Finding (111099, DCM, "Selected region"), measurement "ROI attention weight" from our
     private scheme 99TRIAGE), and the malignant / benign saliency peaks as POINTs
-    ((130404, DCM, "Saliency")). DBT regions carry Referenced Frame Number = slice + 1;
+    ((130404, DCM, "Saliency")). DBT regions carry Referenced Frame Number = slice + 1.
+    A member without ROIs or saliency (DMV-CNN image-only) has no region groups: it is
+    listed by its per-breast measurements above;
 * Qualitative Evaluations container with TEXT items: worklist category (or NOT TRIAGED
   and the reason), the investigational notice, "UNCALIBRATED / INVESTIGATIONAL" first
   when the run is not verified, excluded members, and notes.
@@ -228,6 +230,8 @@ def _view_groups(
             frame = view.saliency_slice + 1 if view.saliency_slice is not None else None
             for finding, saliency in ((MALIGNANT, view.saliency_malignant),
                                       (BENIGN, view.saliency_benign)):
+                if saliency is None:  # a member without saliency (DMV-CNN image-only)
+                    continue
                 peak = saliency_peak(view, saliency)
                 groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=track(

@@ -64,6 +64,7 @@ def model_set_version(members: Sequence[LoadedModel], weights: dict[str, float],
         {
             "members": sorted(
                 [m.spec.name, m.spec.version, m.sha256 or "", weights[m.spec.name]]
+                + [[c.spec.name, c.spec.version, c.sha256 or ""] for c in m.companions]
                 for m in members
             ),
             "tta": [tta_samples, tta_seed if tta_samples else None],
@@ -71,6 +72,33 @@ def model_set_version(members: Sequence[LoadedModel], weights: dict[str, float],
         sort_keys=True,
     )
     return "ms-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+#: least trusted first: a member is only as trusted as the least trusted weights it runs
+_TRUST = (WeightsStatus.RANDOM, WeightsStatus.SYNTHETIC_DEMO, WeightsStatus.IMPORTED_UNVERIFIED,
+          WeightsStatus.VERIFIED_PUBLISHED)
+
+
+def member_weights_status(member: LoadedModel) -> WeightsStatus:
+    """The status recorded for a member: the least trusted of its own weights and its
+    companions' (a DMV-CNN image-and-heatmaps member with verified weights but a demo patch
+    classifier is reported, stored and categorised as synthetic demo)."""
+    return min((member.weights_status, *(c.weights_status for c in member.companions)),
+               key=_TRUST.index)
+
+
+def companion_text(member: LoadedModel) -> str:
+    """What a member's companions are, with versions, weights sha256 and status ('' if none)."""
+    return "; ".join(
+        f"uses {c.spec.name} {c.spec.version} (not an ensemble member, not weighted; weights "
+        f"sha256 {c.sha256 or 'none'}, {c.weights_status.value})"
+        for c in member.companions)
+
+
+def member_architecture(member: LoadedModel) -> str:
+    """The member's architecture text, followed by its companions (see companion_text)."""
+    extra = companion_text(member)
+    return f"{member.spec.architecture}; {extra}" if extra else member.spec.architecture
 
 
 def load_ensemble(settings: Settings, device: torch.device | None = None) -> Ensemble:

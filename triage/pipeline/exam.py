@@ -18,12 +18,21 @@ import numpy as np
 from triage.errors import ModelError, ScoringError, TriageError
 from triage.imaging import sample_windows
 from triage.models import LoadedModel, ModelSpec
-from triage.pipeline.ensemble import Ensemble, ExamImage, instances_digest
+from triage.pipeline.dmv import DMV
+from triage.pipeline.ensemble import (
+    Ensemble,
+    ExamImage,
+    companion_text,
+    instances_digest,
+    member_architecture,
+    member_weights_status,
+)
 from triage.pipeline.gmic2d import GMIC_2D
 from triage.pipeline.runners import ExamInputs, MemberRunner
+from triage.pipeline.tomo import TOMO
 from triage.pipeline.views2d import PrepareRequest, prepare_all
 from triage.results import BreastScore, ExamResult, MemberInfo, ViewScore
-from triage.scoring import ViewProbability, categorise, combine_members, exam_score
+from triage.scoring import ViewProbability, categorise, combine_classes, exam_score
 from triage.vocabulary import ImageClass, WeightsStatus
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,10 @@ log = logging.getLogger(__name__)
 RUNNERS: dict[str, MemberRunner] = {
     "gmic": GMIC_2D,
     "gmic-testing": GMIC_2D,
+    "gmic3d": TOMO,
+    "gmic3d-testing": TOMO,
+    "breast_cancer_classifier": DMV,
+    "breast_cancer_classifier-testing": DMV,
 }
 
 #: member modality (settings) -> the image classes its members score
@@ -56,6 +69,52 @@ def _member_images(member: LoadedModel, ensemble: Ensemble,
                    images: Sequence[ExamImage]) -> tuple[ExamImage, ...]:
     classes = MODALITY_CLASSES.get(ensemble.modality[member.spec.name], ())
     return tuple(img for img in images if img.image_class in classes)
+
+
+#: how the notes name the image classes
+CLASS_LABELS: dict[ImageClass, str] = {
+    ImageClass.FFDM: "FFDM", ImageClass.SYNTHETIC2D: "synthetic 2D", ImageClass.DBT: "DBT",
+}
+
+
+def _listed(classes: Sequence[ImageClass], word: str = "and") -> str:
+    labels = [CLASS_LABELS[c] for c in sorted(classes, key=list(CLASS_LABELS).index)]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} {word} {labels[-1]}"
+
+
+def class_notes(images: Sequence[ExamImage], ensemble: Ensemble,
+                view_scores: Sequence[ViewScore]) -> list[str]:
+    """What the result says about image classes: which were scored (and counted), which the
+    ensemble scores but the exam lacks, and images no member scores. Silent for the plain
+    case of one class scored by an ensemble of that class only."""
+    weights = ensemble.settings.class_weights
+    present = {img.image_class for img in images if img.image_class in CLASS_LABELS}
+    modalities = set(ensemble.modality.values())
+    scorable = {c for m in modalities for c in MODALITY_CLASSES.get(m, ())}
+    expected = {c for m in modalities for c in MODALITY_CLASSES.get(m, ())[:1]}
+    scored = {ImageClass(v.image_class) for v in view_scores}
+    counted = [c for c in scored if weights.get(c.value, 0.0) > 0]
+    notes: list[str] = []
+    for c in sorted(present - scorable, key=list(CLASS_LABELS).index):
+        notes.append(f"{CLASS_LABELS[c]} images present but no ensemble member scores "
+                     f"{CLASS_LABELS[c]}: not scored")
+    for c in sorted((present & scorable) - scored, key=list(CLASS_LABELS).index):
+        notes.append(f"{CLASS_LABELS[c]} images not scored (no {CLASS_LABELS[c]} view could "
+                     "be scored; see the members' failures)")
+    for c in sorted(scored - set(counted), key=list(CLASS_LABELS).index):
+        notes.append(f"{CLASS_LABELS[c]} images scored but not counted (weight 0 in "
+                     "TRIAGE_CLASS_WEIGHTS)")
+    if ImageClass.DBT in scored and ensemble.settings.tta_samples:
+        notes.append("DBT views scored without test-time augmentation")
+    if len(expected | present) > 1 and counted:
+        absent = sorted(expected - present, key=list(CLASS_LABELS).index)
+        summary = f"scored on {_listed(counted)}"
+        if absent or set(counted) != present:
+            summary += " only"
+        if absent:
+            summary += f"; no {_listed(absent, 'or')} images"
+        notes.insert(0, summary)
+    return notes
 
 
 def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
@@ -89,12 +148,14 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
 
     member_infos: list[MemberInfo] = []
     view_scores: list[ViewScore] = []
+    runner_notes: list[str] = []
     for member in ensemble.members:
+        # a member's companions (DMV-CNN patch classifier) are folded into its record
         info = dict(name=member.spec.name, version=member.spec.version,
-                    architecture=member.spec.architecture,
+                    architecture=member_architecture(member),
                     modality=ensemble.modality[member.spec.name],
                     ensemble_weight=ensemble.weights[member.spec.name],
-                    weights_sha256=member.sha256, weights_status=member.weights_status)
+                    weights_sha256=member.sha256, weights_status=member_weights_status(member))
         t0 = time.perf_counter()
         try:
             own = per_member[member.spec.name]
@@ -102,7 +163,7 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
                 raise ScoringError(
                     f"the exam has no {ensemble.modality[member.spec.name]} image to score")
             inputs = ExamInputs(images=own, prepared=prepared, augmented=augmented,
-                                device=ensemble.device)
+                                device=ensemble.device, notes=runner_notes)
             view_scores.extend(runner_for(member.spec).run(member, inputs))
             member_infos.append(MemberInfo(**info))  # type: ignore[arg-type]
         except (TriageError, RuntimeError, ValueError) as exc:
@@ -116,11 +177,17 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         reasons = "; ".join(f"{m.name}: {m.failure_reason}" for m in member_infos)
         raise ScoringError(f"exam {study_instance_uid}: every member failed ({reasons})")
 
-    breasts = combine_members(
-        [ViewProbability(v.member, v.laterality, v.view, v.p_benign, v.p_malignant)
-         for v in view_scores],
+    # members within each image class, then the classes per breast (TRIAGE_CLASS_WEIGHTS)
+    breasts = combine_classes(
+        [ViewProbability(v.member, v.laterality, v.view, v.p_benign, v.p_malignant,
+                         v.image_class) for v in view_scores],
         {m.name: m.ensemble_weight for m in member_infos if m.included},
+        settings.class_weights,
     )
+    if not breasts:
+        scored = sorted({v.image_class for v in view_scores})
+        raise ScoringError(f"exam {study_instance_uid}: no breast scored: the image classes "
+                           f"scored ({', '.join(scored)}) have weight 0 in TRIAGE_CLASS_WEIGHTS")
     score = exam_score(breasts)
     included = [m for m in member_infos if m.included]
     unverified = [m.name for m in included
@@ -134,6 +201,11 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         notes.append("synthetic 2D images scored by FFDM models (domain shift)")
     for uid, reason in prepared.failures.items():
         notes.append(f"view {uid} not scored: {reason}")
+    notes.extend(n for n in dict.fromkeys(runner_notes) if n not in notes)
+    notes[:0] = class_notes(images, ensemble, view_scores)  # which classes: first
+    notes.extend(f"{m.spec.name} {companion_text(m)}" for m in ensemble.members
+                 if m.companions and any(i.name == m.spec.name and i.included
+                                         for i in member_infos))
     scored_uids = sorted({v.sop_instance_uid for v in view_scores})
     timings["total_s"] = time.perf_counter() - started
     return ExamResult(

@@ -9,7 +9,7 @@ whose model sees several views at once (DMV-CNN) still report per view.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +29,9 @@ class ExamInputs:
     prepared: Prepared  # every 2D input any member asked for
     augmented: Mapping[PrepareRequest, list[np.ndarray]]  # TTA windows (empty without TTA)
     device: torch.device
+    #: what a runner wants the result to say (e.g. a DBT view it could not read, with the
+    #: reason); shared by the members of one exam, added to ``ExamResult.notes`` once each
+    notes: list[str] = field(default_factory=list)
 
 
 class MemberRunner(Protocol):

@@ -17,7 +17,8 @@ import numpy as np
 import pydicom
 
 from triage.errors import DecodeError, PreprocessingError
-from triage.imaging import PreparedView, decode_pixels, prepare_view
+from triage.imaging import PreparedView, decode_pixels, prepare_view, prepare_view_resized
+from triage.models.dmv_cnn import DMV_INPUT_SIZE
 from triage.pipeline.ensemble import ExamImage
 from triage.vocabulary import Laterality, View
 
@@ -25,7 +26,22 @@ log = logging.getLogger(__name__)
 
 #: recipe name -> (decoded pixels, laterality, view, input size) -> PreparedView
 Recipe = Callable[[np.ndarray, Laterality, View, tuple[int, int]], PreparedView]
-RECIPES: dict[str, Recipe] = {"gmic": prepare_view}
+
+
+def _dmv_reduced(pixels: np.ndarray, laterality: Laterality, view: View,
+                 input_size: tuple[int, int]) -> PreparedView:
+    """DMV-CNN preprocessing at its full window, resized to ``input_size`` (testing only)."""
+    return prepare_view_resized(pixels, laterality, view, input_size,
+                                window_size=DMV_INPUT_SIZE[View(view)])
+
+
+RECIPES: dict[str, Recipe] = {
+    "gmic": prepare_view,
+    # DMV-CNN: the same reference preprocessing at the DMV windows (the crop and centre code
+    # of GMIC and breast_cancer_classifier is functionally identical, fixtures README)
+    "breast_cancer_classifier": prepare_view,
+    "breast_cancer_classifier-testing": _dmv_reduced,
+}
 
 
 @dataclass(frozen=True)
