@@ -23,6 +23,7 @@ from triage.db.states import set_status
 from triage.errors import ScoringError, TransientError
 from triage.pipeline.ensemble import Ensemble, ExamImage
 from triage.pipeline.exam import instances_digest, score_exam
+from triage.pipeline.tomo import prefer_thin_slices
 from triage.results import ExamResult
 from triage.vocabulary import ExamStatus, ImageClass, Laterality, View
 
@@ -48,15 +49,27 @@ class ClaimedExam:
     attempt: int
 
 
+def _image(row: Instance) -> ExamImage:
+    assert row.laterality is not None and row.view is not None  # selected that way
+    return ExamImage(sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+                     path=Path(row.path), laterality=Laterality(row.laterality),
+                     view=View(row.view), image_class=ImageClass(row.image_class))
+
+
 def chosen_images(db: Database, study_id: int) -> list[ExamImage]:
+    """The images to score: the exam's chosen set, except that for a DBT view offered both
+    as thin slices and as slabs the thin slices are scored (``prefer_thin_slices``)."""
     with db.session() as session:
         rows = session.scalars(select(Instance).where(
-            Instance.study_id == study_id, Instance.chosen.is_(True), Instance.scorable.is_(True),
-        ).order_by(Instance.laterality, Instance.view)).all()
-        return [ExamImage(sop_instance_uid=r.sop_instance_uid, sop_class_uid=r.sop_class_uid,
-                          path=Path(r.path), laterality=Laterality(r.laterality),
-                          view=View(r.view), image_class=ImageClass(r.image_class))
-                for r in rows if r.laterality and r.view]
+            Instance.study_id == study_id, Instance.scorable.is_(True),
+            Instance.superseded.is_(False), Instance.loopback.is_(False),
+            Instance.laterality.is_not(None), Instance.view.in_([View.CC.value, View.MLO.value]),
+        ).order_by(Instance.laterality, Instance.view, Instance.id)).all()
+        chosen = [_image(r) for r in rows if r.chosen]
+        dbt = [_image(r) for r in rows if r.image_class == ImageClass.DBT.value]
+    if len(dbt) <= len([i for i in chosen if i.image_class is ImageClass.DBT]):
+        return chosen
+    return prefer_thin_slices(chosen, dbt)
 
 
 def claim(db: Database, study_id: int) -> ClaimedExam | None:
