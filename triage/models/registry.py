@@ -93,6 +93,14 @@ NO_WEIGHTS_INTENDED_USE = (
     "Research only, with weights a site trains and validates itself. Not a diagnosis, "
     "not a cleared medical device."
 )
+TESTING_INTENDED_USE = ("Automated tests of the product only (TRIAGE_TESTING=1); not even "
+                        "research use. Never clinical.")
+
+
+def testing_licence(architecture_source: str) -> str:
+    """Licence text of a reduced-size testing configuration (no published weights)."""
+    return (f"No published weights at this size: the architecture follows {architecture_source}; "
+            "the licence of whatever weights a test imports applies.")
 
 GMIC_PAPER = "Shen et al. 2021, Medical Image Analysis 68:101908 (GMIC)"
 GMIC_INPUT_SIZE: Mapping[View, tuple[int, int]] = MappingProxyType(
@@ -196,8 +204,7 @@ def _gmic_testing() -> ModelSpec:
         modality="ffdm",
         weights=WeightSpec(file_name="gmic-testing-small.pt"),
         licence=NO_WEIGHTS_LICENCE,
-        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
-                      "use. Never clinical."),
+        intended_use=TESTING_INTENDED_USE,
         paper=GMIC_PAPER,
         extra=MappingProxyType({TESTING_ONLY: True}),
     )
@@ -277,10 +284,8 @@ def _gmic3d_testing() -> ModelSpec:
         preprocessing="gmic3d-testing",
         modality="dbt",
         weights=WeightSpec(file_name="gmic3d-testing-small.pt"),
-        licence=("No published weights at this size: the architecture follows Park et al. "
-                 "(3D-GMIC); the licence of whatever weights a test imports applies."),
-        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
-                      "use. Never clinical."),
+        licence=testing_licence("Park et al. (3D-GMIC)"),
+        intended_use=TESTING_INTENDED_USE,
         paper=GMIC3D_PAPER,
         extra=MappingProxyType({TESTING_ONLY: True}),
     )
@@ -404,10 +409,8 @@ def _dmv_testing() -> ModelSpec:
         preprocessing="breast_cancer_classifier-testing",
         modality="ffdm",
         weights=WeightSpec(file_name="dmv-cnn-testing-small.pt", state_dict_key="model"),
-        licence=("No published weights at this size: the architecture follows Wu et al. 2019; "
-                 "the licence of whatever weights a test imports applies."),
-        intended_use=("Automated tests of the product only (TRIAGE_TESTING=1); not even research "
-                      "use. Never clinical."),
+        licence=testing_licence("Wu et al. 2019"),
+        intended_use=TESTING_INTENDED_USE,
         paper=DMV_PAPER,
         extra=MappingProxyType({TESTING_ONLY: True}),
     )
