@@ -209,6 +209,39 @@ class Roi2dChecks:
                 yield compare_exact(f"{self.prefix}/K{k}/{label}", ours_np, expected, detail)
 
 
+def _layout_check(name: str, model: torch.nn.Module, keys_file: Path) -> CheckResult:
+    """The model's state_dict keys, order and shapes against a ``keys_*.json`` listing."""
+    listed = [(item["key"], tuple(item["shape"])) for item in _read_json(keys_file)]
+    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    differing = sorted(set(listed) ^ set(ours))
+    same_order = [k for k, _ in listed] == [k for k, _ in ours]
+    return CheckResult(name, float(len(differing)), 0.0, not differing and same_order, 0.0,
+                       ", ".join(k for k, _ in differing[:5]) or ("" if same_order
+                                                                  else "key order differs"))
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters())
+
+
+def _structure(prefix: str, model: torch.nn.Module, state: Mapping[str, torch.Tensor],
+               source: str, keys_file: Path, n_params: Any) -> tuple[list[CheckResult], bool]:
+    """Key layout (when the fixtures list it), strict loading and the parameter count (when
+    the summary has it); False when the weights did not load (nothing else can be checked)."""
+    results = []
+    if keys_file.is_file():
+        results.append(_layout_check(f"{prefix}/state_dict_keys", model, keys_file))
+    try:
+        load_state(model, state, source)
+    except TriageError as exc:
+        results.append(_failure(f"{prefix}/load_strict", exc))
+        return results, False
+    results.append(CheckResult(f"{prefix}/load_strict", 0.0, 0.0, True))
+    if n_params is not None:
+        results.append(compare_exact(f"{prefix}/n_params", _n_params(model), int(n_params)))
+    return results, True
+
+
 #: The file names of the GMIC fixture family (the layout of the shared fixtures).
 GMIC_SUMMARY = "gmic_summary.json"
 GMIC_OUTPUTS = "gmic_outputs.npz"
@@ -230,23 +263,12 @@ class GmicChecks:
         summary = _read_json(fixtures / GMIC_SUMMARY)
         hp = hyperparameters(fixtures, GMIC_SUMMARY)
         model = GMIC(GMICConfig.from_hyperparameters(hp))
-        state = read_state_dict(fixtures / GMIC_WEIGHTS)
-        if (fixtures / GMIC_KEYS).is_file():
-            listed = {item["key"]: tuple(item["shape"]) for item in _read_json(fixtures / GMIC_KEYS)}
-            ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-            differing = sorted(set(listed) ^ set(ours)) + sorted(
-                k for k in set(listed) & set(ours) if listed[k] != ours[k])
-            yield CheckResult(f"{p}/state_dict_keys", float(len(differing)), 0.0,
-                              not differing, 0.0, ", ".join(differing[:5]))
-        try:
-            load_state(model, state, str(fixtures / GMIC_WEIGHTS))
-        except TriageError as exc:
-            yield _failure(f"{p}/load_strict", exc)
+        results, loaded = _structure(p, model, read_state_dict(fixtures / GMIC_WEIGHTS),
+                                     str(fixtures / GMIC_WEIGHTS), fixtures / GMIC_KEYS,
+                                     summary.get("n_params"))
+        yield from results
+        if not loaded:
             return
-        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
-        if "n_params" in summary:
-            n_params = sum(t.numel() for t in model.parameters())
-            yield compare_exact(f"{p}/n_params", n_params, int(summary["n_params"]))
 
         raw = np.load(fixtures / str(summary.get("input_file", GMIC_INPUT)))
         shape = tuple(int(s) for s in hp.get("input_shape", (1, 1, *raw.shape[-2:])))
@@ -522,24 +544,12 @@ class Gmic3dChecks:
         summary = _read_json(fixtures / GMIC3D_SUMMARY)
         hp = hyperparameters(fixtures, GMIC3D_SUMMARY)
         model = GMIC3D(GMIC3DConfig.from_hyperparameters(hp))
-        if (fixtures / GMIC3D_KEYS).is_file():
-            listed = [(item["key"], tuple(item["shape"]))
-                      for item in _read_json(fixtures / GMIC3D_KEYS)]
-            ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-            differing = sorted(set(listed) ^ set(ours))
-            yield CheckResult(f"{p}/state_dict_keys", float(len(differing)), 0.0,
-                              not differing and [k for k, _ in listed] == [k for k, _ in ours],
-                              0.0, ", ".join(k for k, _ in differing[:5]))
-        try:
-            load_state(model, read_state_dict(fixtures / GMIC3D_WEIGHTS),
-                       str(fixtures / GMIC3D_WEIGHTS))
-        except TriageError as exc:
-            yield _failure(f"{p}/load_strict", exc)
+        results, loaded = _structure(p, model, read_state_dict(fixtures / GMIC3D_WEIGHTS),
+                                     str(fixtures / GMIC3D_WEIGHTS), fixtures / GMIC3D_KEYS,
+                                     summary.get("n_params"))
+        yield from results
+        if not loaded:
             return
-        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
-        if "n_params" in summary:
-            yield compare_exact(f"{p}/n_params", sum(t.numel() for t in model.parameters()),
-                                int(summary["n_params"]))
 
         with np.load(fixtures / GMIC3D_IO) as data:
             ref = {k: data[k] for k in data.files}
@@ -587,21 +597,6 @@ DMV_IMAGE_WISE_KEYS = "keys_dmv_cnn_image_wise.json"
 DMV_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
 
 
-def _layout_check(name: str, model: torch.nn.Module, keys_file: Path) -> CheckResult:
-    """The model's state_dict keys, order and shapes against a ``keys_*.json`` listing."""
-    listed = [(item["key"], tuple(item["shape"])) for item in _read_json(keys_file)]
-    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    differing = sorted(set(listed) ^ set(ours))
-    same_order = [k for k, _ in listed] == [k for k, _ in ours]
-    return CheckResult(name, float(len(differing)), 0.0, not differing and same_order, 0.0,
-                       ", ".join(k for k, _ in differing[:5]) or ("" if same_order
-                                                                  else "key order differs"))
-
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(t.numel() for t in model.parameters())
-
-
 class DmvCnnChecks:
     """DMV-CNN (view-wise, image-wise, single-image) with the fixture weights on the
     fixture's reduced-size exam, and at full size from ``images/`` when they are there."""
@@ -616,18 +611,12 @@ class DmvCnnChecks:
         summary = _read_json(fixtures / DMV_SUMMARY)
         hp = hyperparameters(fixtures, DMV_SUMMARY)
         model = build_dmv_cnn(DMVConfig.from_hyperparameters(hp))
-        if (fixtures / DMV_KEYS).is_file():
-            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / DMV_KEYS)
         state = read_state_dict(fixtures / DMV_WEIGHTS, "model")
-        try:
-            load_state(model, state, str(fixtures / DMV_WEIGHTS))
-        except TriageError as exc:
-            yield _failure(f"{p}/load_strict", exc)
+        results, loaded = _structure(p, model, state, str(fixtures / DMV_WEIGHTS),
+                                     fixtures / DMV_KEYS, summary.get("n_params_view_split"))
+        yield from results
+        if not loaded:
             return
-        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
-        if "n_params_view_split" in summary:
-            yield compare_exact(f"{p}/n_params", _n_params(model),
-                                int(summary["n_params_view_split"]))
         model = model.float().to(device).eval()
         with np.load(fixtures / DMV_OUTPUTS) as data:
             ref = {k: data[k] for k in data.files}
@@ -666,17 +655,13 @@ class DmvCnnChecks:
                    if k.startswith("four_view_resnet.")}
         state = {**columns, **heads}
         model = ImageBreastModel()
-        if (fixtures / DMV_IMAGE_WISE_KEYS).is_file():
-            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / DMV_IMAGE_WISE_KEYS)
-        try:
-            load_state(model, state, f"{fixtures / DMV_HEADS} + view-split columns")
-        except TriageError as exc:
-            yield _failure(f"{p}/load_strict", exc)
+        results, loaded = _structure(p, model, state,
+                                     f"{fixtures / DMV_HEADS} + view-split columns",
+                                     fixtures / DMV_IMAGE_WISE_KEYS,
+                                     summary.get("n_params_image_wise_full"))
+        yield from results
+        if not loaded:
             return
-        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
-        if "n_params_image_wise_full" in summary:
-            yield compare_exact(f"{p}/n_params", _n_params(model),
-                                int(summary["n_params_image_wise_full"]))
         model = model.float().to(device).eval()
         with torch.inference_mode():
             out = model(*(inputs[v] for v in DMV_VIEWS))
@@ -774,17 +759,12 @@ class PatchClassifierChecks:
                                 input_channels=int(hp.get("input_channels", 3)),
                                 patch_size=int(hp.get("patch_size", 256)))
         model = DenseNet(config)
-        if (fixtures / PATCH_KEYS).is_file():
-            yield _layout_check(f"{p}/state_dict_keys", model, fixtures / PATCH_KEYS)
         weights = self._weights(fixtures)
-        try:
-            load_state(model, read_state_dict(weights), str(weights))
-        except TriageError as exc:
-            yield _failure(f"{p}/load_strict", exc)
+        results, loaded = _structure(p, model, read_state_dict(weights), str(weights),
+                                     fixtures / PATCH_KEYS, summary.get("n_params"))
+        yield from results
+        if not loaded:
             return
-        yield CheckResult(f"{p}/load_strict", 0.0, 0.0, True)
-        if "n_params" in summary:
-            yield compare_exact(f"{p}/n_params", _n_params(model), int(summary["n_params"]))
         model = model.float().to(device).eval()
         with np.load(fixtures / PATCH_IO) as data:
             ref = {k: data[k] for k in data.files}
