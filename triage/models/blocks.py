@@ -160,6 +160,14 @@ class ResNetV2(nn.Module):
 # ---------------------------------------------------------------------------
 # ResNet v1 (post-activation), the GMIC local network
 # ---------------------------------------------------------------------------
+def projection_shortcut(in_channels: int, out_channels: int, stride: int,
+                        norm: NormFactory) -> nn.Sequential | None:
+    """1x1 convolution + norm where a residual block changes shape; None (identity) else."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    return nn.Sequential(conv1x1(in_channels, out_channels, stride), norm(out_channels))
+
+
 class BasicBlock(nn.Module):
     """conv3x3 → norm → ReLU → conv3x3 → norm, plus shortcut, then ReLU."""
 
@@ -172,10 +180,7 @@ class BasicBlock(nn.Module):
         self.bn1 = norm(width)
         self.conv2 = conv3x3(width, width)
         self.bn2 = norm(width)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride),
-                                            norm(out_channels))
+        self.downsample = projection_shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -198,10 +203,7 @@ class Bottleneck(nn.Module):
         self.bn2 = norm(width)
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = norm(out_channels)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride),
-                                            norm(out_channels))
+        self.downsample = projection_shortcut(in_channels, out_channels, stride, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))

@@ -51,6 +51,16 @@ def window_on_map(crop_shape: tuple[int, int], map_hw: tuple[int, int],
     )
 
 
+def check_picks(window: tuple[int, int], map_shape: tuple[int, int], k: int) -> tuple[int, int]:
+    """The window (rows, columns) when it fits the map and ``k`` is at least 1."""
+    (wh, ww), (h, w) = window, map_shape
+    if not (1 <= wh <= h and 1 <= ww <= w):
+        raise ValueError(f"window {window} does not fit in a {h}x{w} saliency map")
+    if k < 1:
+        raise ValueError(f"K must be at least 1, got {k}")
+    return wh, ww
+
+
 def greedy_windows(criterion_map: Tensor, k: int, window: tuple[int, int]) -> Tensor:
     """Greedy non-maximum selection of ``k`` windows on ``(N, h, w)`` maps.
 
@@ -59,11 +69,7 @@ def greedy_windows(criterion_map: Tensor, k: int, window: tuple[int, int]) -> Te
     if criterion_map.dim() != 3:
         raise ValueError(f"criterion map must be (N, h, w), got {tuple(criterion_map.shape)}")
     _, h, w = criterion_map.shape
-    wh, ww = window
-    if not (1 <= wh <= h and 1 <= ww <= w):
-        raise ValueError(f"window {window} does not fit in a {h}x{w} saliency map")
-    if k < 1:
-        raise ValueError(f"K must be at least 1, got {k}")
+    wh, ww = check_picks(window, (h, w), k)
     device = criterion_map.device
     work = criterion_map.double()
     rows = torch.arange(h, device=device)

@@ -36,7 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from triage.models.roi import map_to_input, normalized_criterion_map, window_on_map
+from triage.models.roi import (
+    check_picks,
+    map_to_input,
+    normalized_criterion_map,
+    window_on_map,
+)
 
 #: Neighbouring-slice half-width of the paper (``slice_threshold_dist`` in the reference).
 DEFAULT_ZETA = 10
@@ -80,11 +85,7 @@ def greedy_windows_3d(criterion: Tensor, k: int, window: tuple[int, int],
     if criterion.dim() != 3:
         raise ValueError(f"criterion must be (D, h, w), got {tuple(criterion.shape)}")
     d, h, w = criterion.shape
-    wh, ww = window
-    if not (1 <= wh <= h and 1 <= ww <= w):
-        raise ValueError(f"window {window} does not fit in a {h}x{w} saliency map")
-    if k < 1:
-        raise ValueError(f"K must be at least 1, got {k}")
+    wh, ww = check_picks(window, (h, w), k)
     if zeta < 0:
         raise ValueError(f"zeta must be at least 0, got {zeta}")
     device = criterion.device
