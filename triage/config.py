@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,9 @@ class EnsembleMember(BaseModel):
 
     name: str
     weight: float = Field(gt=0)
-    modality: str = "ffdm"  # ffdm (also used for synthetic2d) or dbt
+    #: the image class group it scores: ffdm (also synthetic 2D) or dbt; by default the
+    #: model's own (a value that contradicts the model stops start-up)
+    modality: Literal["ffdm", "dbt"] | None = None
 
 
 class PriorityLevel(BaseModel):
@@ -297,12 +299,7 @@ class Settings(BaseSettings):
             raise ValueError("TRIAGE_ENSEMBLE is empty: configure at least one member")
         total = sum(m.weight for m in self.ensemble)
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(
-                f"TRIAGE_ENSEMBLE weights sum to {total:.6f}, they must sum to 1 "
-                "(per modality group)"
-                if len({m.modality for m in self.ensemble}) == 1
-                else f"TRIAGE_ENSEMBLE weights sum to {total:.6f}; they must sum to 1"
-            )
+            raise ValueError(f"TRIAGE_ENSEMBLE weights sum to {total:.6f}; they must sum to 1")
         names = [m.name for m in self.ensemble]
         if len(set(names)) != len(names):
             raise ValueError("TRIAGE_ENSEMBLE lists a member twice")

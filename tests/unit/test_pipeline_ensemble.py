@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from triage.config import EnsembleMember, Settings, load_settings
-from triage.errors import ModelError, WeightsError
+from triage.errors import ConfigError, ModelError, WeightsError
 from triage.imaging import decode_pixels, prepare_view, sample_windows
 from triage.models import ensure_demo_weights, load_member
 from triage.pipeline import Ensemble, ExamImage, load_ensemble, score_exam
@@ -96,3 +96,25 @@ def test_unknown_member_or_missing_weights_fail_before_any_exam(tmp_path: Path) 
     with pytest.raises(WeightsError, match="no weights file"):
         load_ensemble(load_settings(data_dir=settings.data_dir, allow_uncalibrated=True,
                                     ensemble=[EnsembleMember(name="gmic-resnet34", weight=1.0)]))
+
+
+def test_member_the_pipeline_cannot_run_or_a_wrong_modality_fails_before_any_weights(
+        tmp_path: Path) -> None:
+    """The patch classifier is a registered model but not an ensemble member; a 3D-GMIC
+    member configured for FFDM would be left out of every exam. Both stop start-up, before
+    any weights file is looked at (none exists here)."""
+    data = tmp_path / "data"
+    with pytest.raises(ConfigError, match=r"dmv-patch-densenet121 .*cannot be an ensemble member"):
+        load_ensemble(load_settings(data_dir=data, allow_uncalibrated=True, ensemble=[
+            EnsembleMember(name="dmv-patch-densenet121", weight=1.0)]))
+    with pytest.raises(ConfigError, match=r"modality = 'ffdm'.* scores 'dbt' images"):
+        load_ensemble(load_settings(data_dir=data, allow_uncalibrated=True, ensemble=[
+            EnsembleMember(name="gmic3d-resnet18-1", weight=1.0, modality="ffdm")]))
+    with pytest.raises(ValueError, match="modality"):
+        EnsembleMember(name="gmic3d-resnet18-1", weight=1.0, modality="tomo")  # type: ignore[arg-type]
+
+
+def test_member_modality_defaults_to_the_models_own(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert settings.ensemble[0].modality is None
+    assert load_ensemble(settings).modality == {MEMBER: "ffdm"}

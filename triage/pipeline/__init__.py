@@ -9,14 +9,15 @@ commit, then hand the results to the output stage.
 
 from triage.pipeline.ensemble import (
     Ensemble,
-    ExamImage,
     instances_digest,
     load_ensemble,
     model_set_version,
     resolve_device,
 )
-from triage.pipeline.exam import runner_for, score_exam
+from triage.pipeline.exam import score_exam
+from triage.pipeline.families import runner_for
 from triage.pipeline.gmic2d import forward_views
+from triage.pipeline.images import ExamImage
 from triage.pipeline.task import (
     MAX_SCORING_ATTEMPTS,
     ClaimedExam,

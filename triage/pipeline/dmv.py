@@ -61,7 +61,7 @@ from triage.models import LoadedModel
 from triage.models.dmv_cnn import ImageWiseOutput, SplitBreastOutput
 from triage.models.heatmaps import generate_heatmaps
 from triage.models.registry import HEATMAPS_FROM
-from triage.pipeline.ensemble import ExamImage
+from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs
 from triage.pipeline.views2d import PreparedImage, PrepareRequest
 from triage.results import ViewScore

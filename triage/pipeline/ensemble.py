@@ -1,4 +1,4 @@
-"""The configured ensemble, loaded once per process, and the exam images it scores."""
+"""The configured ensemble, loaded once per process (members checked, then loaded)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,16 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from triage.config import Settings
 from triage.errors import ModelError
-from triage.models import LoadedModel, load_member
-from triage.vocabulary import ImageClass, Laterality, View, WeightsStatus
+from triage.models import LoadedModel, get_spec, load_member
+from triage.pipeline.families import check_member
+from triage.vocabulary import WeightsStatus
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExamImage:
-    """One chosen image of an exam, as the pipeline needs it."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    path: Path
-    laterality: Laterality
-    view: View
-    image_class: ImageClass = ImageClass.FFDM
 
 
 @dataclass
@@ -103,6 +91,9 @@ def member_architecture(member: LoadedModel) -> str:
 
 def load_ensemble(settings: Settings, device: torch.device | None = None) -> Ensemble:
     """Load every configured member; any problem is a clear error before an exam is touched."""
+    # family and modality first: a member the pipeline cannot run stops start-up before
+    # any weights are read
+    modality = {m.name: check_member(get_spec(m.name), m.modality) for m in settings.ensemble}
     device = device or resolve_device(settings.device)
     members = [load_member(m.name, settings, device) for m in settings.ensemble]
     for member in members:  # NHWC convolutions: faster on CPU and on recent GPUs
@@ -112,11 +103,13 @@ def load_ensemble(settings: Settings, device: torch.device | None = None) -> Ens
     log.info("ensemble loaded", extra={"model_set_version": version, "device": str(device),
                                         "members": [m.spec.name for m in members]})
     return Ensemble(settings=settings, device=device, members=members, weights=weights,
-                    modality={m.name: m.modality for m in settings.ensemble},
+                    modality=modality,
                     model_set_version=version)
 
 
 def instances_digest(sop_instance_uids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(sop_instance_uids)).encode()).hexdigest()
+
+
 
 

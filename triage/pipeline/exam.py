@@ -15,55 +15,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from triage.errors import ModelError, ScoringError, TriageError
+from triage.errors import ScoringError, TriageError
 from triage.imaging import sample_windows
-from triage.models import LoadedModel, ModelSpec
-from triage.pipeline.dmv import DMV
+from triage.models import LoadedModel
 from triage.pipeline.ensemble import (
     Ensemble,
-    ExamImage,
     companion_text,
     instances_digest,
     member_architecture,
     member_weights_status,
 )
-from triage.pipeline.gmic2d import GMIC_2D
-from triage.pipeline.runners import ExamInputs, MemberRunner
-from triage.pipeline.tomo import TOMO
+from triage.pipeline.families import MODALITY_CLASSES, runner_for
+from triage.pipeline.images import ExamImage
+from triage.pipeline.runners import ExamInputs
 from triage.pipeline.views2d import PrepareRequest, prepare_all
 from triage.results import BreastScore, ExamResult, MemberInfo, ViewScore
 from triage.scoring import ViewProbability, categorise, combine_classes, exam_score
 from triage.vocabulary import ImageClass, WeightsStatus
 
 log = logging.getLogger(__name__)
-
-#: model family (``ModelSpec.preprocessing``) -> how its members score an exam
-RUNNERS: dict[str, MemberRunner] = {
-    "gmic": GMIC_2D,
-    "gmic-testing": GMIC_2D,
-    "gmic3d": TOMO,
-    "gmic3d-testing": TOMO,
-    "breast_cancer_classifier": DMV,
-    "breast_cancer_classifier-testing": DMV,
-}
-
-#: member modality (settings) -> the image classes its members score
-MODALITY_CLASSES: dict[str, tuple[ImageClass, ...]] = {
-    "ffdm": (ImageClass.FFDM, ImageClass.SYNTHETIC2D),
-    "dbt": (ImageClass.DBT,),
-}
-
-
-def runner_for(spec: ModelSpec) -> MemberRunner:
-    try:
-        return RUNNERS[spec.preprocessing]
-    except KeyError:
-        raise ModelError(
-            f"model {spec.name} ({spec.architecture}) cannot be an ensemble member: the "
-            f"pipeline has no runner for its family {spec.preprocessing!r}; remove it from "
-            "the ensemble configuration"
-        ) from None
-
 
 def _member_images(member: LoadedModel, ensemble: Ensemble,
                    images: Sequence[ExamImage]) -> tuple[ExamImage, ...]:

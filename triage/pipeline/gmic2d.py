@@ -10,7 +10,7 @@ import torch
 
 from triage.errors import ScoringError
 from triage.models import LoadedModel
-from triage.pipeline.ensemble import ExamImage
+from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs
 from triage.pipeline.views2d import PreparedImage, PrepareRequest
 from triage.results import RoiPatch, ViewScore

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from triage.models import LoadedModel
-from triage.pipeline.ensemble import ExamImage
+from triage.pipeline.images import ExamImage
 from triage.pipeline.views2d import Prepared, PrepareRequest
 from triage.results import ViewScore
 

@@ -21,8 +21,9 @@ from triage.db import Database, Instance, ScoringRun, Study
 from triage.db.runs import store_failed_run, store_result
 from triage.db.states import set_status
 from triage.errors import ScoringError, TransientError
-from triage.pipeline.ensemble import Ensemble, ExamImage
+from triage.pipeline.ensemble import Ensemble
 from triage.pipeline.exam import instances_digest, score_exam
+from triage.pipeline.images import ExamImage
 from triage.pipeline.tomo import prefer_thin_slices
 from triage.results import ExamResult
 from triage.vocabulary import ExamStatus, ImageClass, Laterality, View

@@ -57,7 +57,7 @@ from triage.imaging.volume import (
     read_volume_frames,
 )
 from triage.models import LoadedModel
-from triage.pipeline.ensemble import ExamImage
+from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs
 from triage.pipeline.views2d import PrepareRequest
 from triage.results import RoiPatch, ViewScore

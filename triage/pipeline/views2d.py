@@ -19,7 +19,7 @@ import pydicom
 from triage.errors import DecodeError, PreprocessingError
 from triage.imaging import PreparedView, decode_pixels, prepare_view, prepare_view_resized
 from triage.models.dmv_cnn import DMV_INPUT_SIZE
-from triage.pipeline.ensemble import ExamImage
+from triage.pipeline.images import ExamImage
 from triage.vocabulary import Laterality, View
 
 log = logging.getLogger(__name__)
