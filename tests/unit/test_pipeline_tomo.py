@@ -25,8 +25,10 @@ from triage.config import EnsembleMember, Settings, load_settings
 from triage.dicom.classify import classify_instance
 from triage.imaging.volume import prepare_volume
 from triage.models import ensure_demo_weights
-from triage.pipeline import ExamImage, load_ensemble, score_exam
+from triage.pipeline import ExamImage, load_ensemble, score_exam, tomo
+from triage.pipeline.runners import ExamInputs
 from triage.pipeline.tomo import score_volume
+from triage.pipeline.views2d import Prepared
 from triage.results import ExamResult, ViewScore
 from triage.synthetic import ExamSpec, build_dbt_view, dbt_view_specs, generate_dbt_exam
 from triage.vocabulary import ImageClass, Laterality, View
@@ -274,3 +276,33 @@ def test_dbt_without_a_dbt_member_and_ffdm_without_an_ffdm_member_are_noted(
     assert "DBT views scored without test-time augmentation" in result.notes
     assert result.notes[0] == "scored on DBT only"
     assert {v.image_class for v in result.views} == {"dbt"}
+
+
+def test_several_dbt_members_share_each_prepared_volume(
+    combo: tuple[Settings, list[ExamImage], str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each DBT view is read and prepared once for all 3D-GMIC members (not once per
+    member), and sharing it changes no member's scores."""
+    settings, images, _ = combo
+    first = load_ensemble(settings).members[1]
+    second = replace(first, spec=replace(first.spec, name=f"{first.spec.name}-b"))
+    dbt = of_class(images, ImageClass.DBT)
+    reads: list[str] = []
+    real_load = tomo.load_checked_volume
+
+    def counting_load(image: ExamImage, size: tuple[int, int]) -> object:
+        reads.append(image.sop_instance_uid)
+        return real_load(image, size)
+
+    monkeypatch.setattr(tomo, "load_checked_volume", counting_load)
+    inputs = ExamInputs(images=tuple(dbt), prepared=Prepared(), augmented={},
+                        device=torch.device("cpu"))
+    outcome = tomo.TOMO.run_members([first, second], inputs)
+    assert sorted(reads) == sorted(img.sop_instance_uid for img in dbt)  # once per view
+    shared_first, shared_second = outcome[first.spec.name], outcome[second.spec.name]
+    assert isinstance(shared_first, list) and isinstance(shared_second, list)
+    alone = tomo.TOMO.run(first, inputs)
+    assert [(s.sop_instance_uid, s.p_benign, s.p_malignant) for s in shared_first] == \
+        [(s.sop_instance_uid, s.p_benign, s.p_malignant) for s in alone]
+    assert [(s.p_benign, s.p_malignant) for s in shared_second] == \
+        [(s.p_benign, s.p_malignant) for s in alone]  # same weights under another name

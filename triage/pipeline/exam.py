@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from triage.pipeline.ensemble import (
 )
 from triage.pipeline.families import MODALITY_CLASSES, runner_for
 from triage.pipeline.images import ExamImage
-from triage.pipeline.runners import ExamInputs
+from triage.pipeline.runners import ExamInputs, SharedInputRunner
 from triage.pipeline.views2d import PrepareRequest, prepare_all
 from triage.results import BreastScore, ExamResult, MemberInfo, ViewScore
 from triage.scoring import ViewProbability, categorise, combine_classes, exam_score
@@ -87,6 +88,42 @@ def class_notes(images: Sequence[ExamImage], ensemble: Ensemble,
     return notes
 
 
+def _run_members(ensemble: Ensemble, per_member: dict[str, tuple[ExamImage, ...]],
+                 shared: ExamInputs, timings: dict[str, float],
+                 ) -> dict[str, list[ViewScore] | Exception]:
+    """Every member's view scores, or the error that leaves it out.
+
+    Members whose runner shares an input per image (``SharedInputRunner``: a DBT volume)
+    and that score the same images run together, so each volume is prepared once for all
+    of them; their time is recorded once for the group.
+    """
+    out: dict[str, list[ViewScore] | Exception] = {}
+    for member in ensemble.members:
+        name = member.spec.name
+        if name in out:
+            continue
+        own = per_member[name]
+        if not own:
+            out[name] = ScoringError(f"the exam has no {ensemble.modality[name]} image to score")
+            continue
+        runner = runner_for(member.spec)
+        inputs = replace(shared, images=own)
+        t0 = time.perf_counter()
+        if isinstance(runner, SharedInputRunner):
+            group = [m for m in ensemble.members
+                     if runner_for(m.spec) is runner and per_member[m.spec.name] == own]
+            out.update(runner.run_members(group, inputs))
+            timings["model_" + "+".join(m.spec.name for m in group) + "_s"] = (
+                time.perf_counter() - t0)
+            continue
+        try:
+            out[name] = runner.run(member, inputs)
+        except (TriageError, RuntimeError, ValueError) as exc:
+            out[name] = exc
+        timings[f"model_{name}_s"] = time.perf_counter() - t0
+    return out
+
+
 def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
                study_instance_uid: str, partial: bool = False) -> ExamResult:
     """Score one exam's chosen images with every member; a failing member is left out."""
@@ -116,9 +153,12 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
             augmented[request] = [sample.array for sample in samples]
         timings["tta_windows_s"] = time.perf_counter() - t0
 
+    runner_notes: list[str] = []
+    outcomes = _run_members(ensemble, per_member, ExamInputs(
+        images=(), prepared=prepared, augmented=augmented, device=ensemble.device,
+        notes=runner_notes), timings)
     member_infos: list[MemberInfo] = []
     view_scores: list[ViewScore] = []
-    runner_notes: list[str] = []
     for member in ensemble.members:
         # a member's companions (DMV-CNN patch classifier) are folded into its record
         info = dict(name=member.spec.name, version=member.spec.version,
@@ -126,22 +166,15 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
                     modality=ensemble.modality[member.spec.name],
                     ensemble_weight=ensemble.weights[member.spec.name],
                     weights_sha256=member.sha256, weights_status=member_weights_status(member))
-        t0 = time.perf_counter()
-        try:
-            own = per_member[member.spec.name]
-            if not own:
-                raise ScoringError(
-                    f"the exam has no {ensemble.modality[member.spec.name]} image to score")
-            inputs = ExamInputs(images=own, prepared=prepared, augmented=augmented,
-                                device=ensemble.device, notes=runner_notes)
-            view_scores.extend(runner_for(member.spec).run(member, inputs))
-            member_infos.append(MemberInfo(**info))  # type: ignore[arg-type]
-        except (TriageError, RuntimeError, ValueError) as exc:
-            log.exception("member failed", extra={"member": member.spec.name,
-                                                  "study_instance_uid": study_instance_uid})
+        outcome = outcomes[member.spec.name]
+        if isinstance(outcome, Exception):
+            log.error("member failed", exc_info=outcome,
+                      extra={"member": member.spec.name, "study_instance_uid": study_instance_uid})
             member_infos.append(MemberInfo(**info, included=False,  # type: ignore[arg-type]
-                                           failure_reason=f"{type(exc).__name__}: {exc}"))
-        timings[f"model_{member.spec.name}_s"] = time.perf_counter() - t0
+                                           failure_reason=f"{type(outcome).__name__}: {outcome}"))
+        else:
+            view_scores.extend(outcome)
+            member_infos.append(MemberInfo(**info))  # type: ignore[arg-type]
 
     if not view_scores:
         reasons = "; ".join(f"{m.name}: {m.failure_reason}" for m in member_infos)

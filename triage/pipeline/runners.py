@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,3 +41,13 @@ class MemberRunner(Protocol):
 
     def run(self, member: LoadedModel, inputs: ExamInputs) -> list[ViewScore]:
         """Score the exam; raise a TriageError (or RuntimeError/ValueError) to be left out."""
+
+
+@runtime_checkable
+class SharedInputRunner(Protocol):
+    """A runner whose members can share one expensive input per image (a DBT volume):
+    ``score_exam`` gives it every member of the exam that it runs on the same images."""
+
+    def run_members(self, members: Sequence[LoadedModel],
+                    inputs: ExamInputs) -> dict[str, list[ViewScore] | Exception]:
+        """Per member name: its view scores, or the error that leaves it out."""

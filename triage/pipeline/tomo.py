@@ -33,8 +33,8 @@ A DBT image that cannot be read or prepared is left out with a note naming it an
 reason; the member fails (is left out of the run with the reason) only when no DBT view of
 the exam could be scored. Not done here: test-time augmentation (the paper averages 10
 random shifts per image; each would be another volume): with ``TRIAGE_TTA_SAMPLES`` set the
-result says that DBT views were scored without it. Each 3D-GMIC member prepares the volumes
-itself (memory stays one volume; several members repeat the decoding).
+result says that DBT views were scored without it. Several 3D-GMIC members share each
+prepared volume: a view is read once and scored by all of them before the next one.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import pydicom
 import torch
 from pydicom.errors import InvalidDicomError
 
-from triage.errors import DecodeError, PreprocessingError, ScoringError
+from triage.errors import DecodeError, PreprocessingError, ScoringError, TriageError
 from triage.imaging.volume import (
     PreparedVolume,
     VolumeInfo,
@@ -105,16 +105,30 @@ def brightest_slice(saliency: np.ndarray) -> int:
     return int(order[0])
 
 
-def score_volume(member: LoadedModel, image: ExamImage, device: torch.device) -> VolumeScore:
-    """Prepare one DBT view and run a 3D-GMIC member on it (see the module docstring)."""
-    volume = load_volume(image, member.spec.input_size[image.view])
-    uid = image.sop_instance_uid
+def load_checked_volume(image: ExamImage, input_size: tuple[int, int]) -> PreparedVolume:
+    """``load_volume``, refusing a volume whose functional groups contradict the laterality
+    and view read at ingest."""
+    volume = load_volume(image, input_size)
     if (volume.laterality, volume.view) != (image.laterality, image.view):
         raise PreprocessingError(
-            f"instance {uid}: laterality/view read at ingest ({image.laterality.value} "
-            f"{image.view.value}) differ from the DBT functional groups "
-            f"({volume.laterality.value} {volume.view.value}); fix the header at the modality"
+            f"instance {image.sop_instance_uid}: laterality/view read at ingest "
+            f"({image.laterality.value} {image.view.value}) differ from the DBT functional "
+            f"groups ({volume.laterality.value} {volume.view.value}); fix the header at the "
+            "modality"
         )
+    return volume
+
+
+def score_volume(member: LoadedModel, image: ExamImage, device: torch.device) -> VolumeScore:
+    """Prepare one DBT view and run a 3D-GMIC member on it (see the module docstring)."""
+    volume = load_checked_volume(image, member.spec.input_size[image.view])
+    return score_prepared(member, image, volume, device)
+
+
+def score_prepared(member: LoadedModel, image: ExamImage, volume: PreparedVolume,
+                   device: torch.device) -> VolumeScore:
+    """Run a 3D-GMIC member on a volume prepared at its input size."""
+    uid = image.sop_instance_uid
     frames = volume.frame_indices
     x = torch.from_numpy(volume.array)[None, None]  # (1, 1, D, H, W): no copy
     with torch.inference_mode():
@@ -184,28 +198,61 @@ class TomoRunner:
         return []
 
     def run(self, member: LoadedModel, inputs: ExamInputs) -> list[ViewScore]:
-        scores: list[ViewScore] = []
+        outcome = self.run_members([member], inputs)[member.spec.name]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def run_members(self, members: Sequence[LoadedModel],
+                    inputs: ExamInputs) -> dict[str, list[ViewScore] | Exception]:
+        """Each DBT view is prepared once per input size and scored by every member before
+        the next view is read (memory: one volume at a time, whatever the member count)."""
+        scores: dict[str, list[ViewScore]] = {m.spec.name: [] for m in members}
+        failed: dict[str, Exception] = {}
         for image in inputs.images:
             if image.image_class is not ImageClass.DBT:
                 continue
-            try:
-                scored = score_volume(member, image, inputs.device)
-            except (DecodeError, PreprocessingError) as exc:
-                log.warning("DBT view not scorable", extra={
-                    "member": member.spec.name, "sop_instance_uid": image.sop_instance_uid,
-                    "error": str(exc)})
-                inputs.notes.append(f"view {image.sop_instance_uid} not scored: {exc}")
-                continue
-            scores.append(scored.score)
-            if scored.lossy:
-                inputs.notes.append("lossy-compressed input images")
-            if scored.slab_reason:
-                inputs.notes.append(
-                    f"DBT view {image.sop_instance_uid} scored on slabs ({scored.slab_reason}); "
-                    "3D-GMIC was trained on 1 mm slices")
-        if not scores:
-            raise ScoringError("no DBT view of the exam could be decoded and prepared")
-        return scores
+            volumes: dict[tuple[int, int], PreparedVolume | None] = {}
+            for member in members:
+                name = member.spec.name
+                size = member.spec.input_size[image.view]
+                if name in failed:
+                    continue
+                if size not in volumes:
+                    volumes[size] = self._volume(image, size, inputs.notes)
+                volume = volumes[size]
+                if volume is None:
+                    continue
+                try:
+                    scores[name].append(score_prepared(member, image, volume,
+                                                       inputs.device).score)
+                except (TriageError, RuntimeError, ValueError) as exc:
+                    failed[name] = exc
+            del volumes
+        out: dict[str, list[ViewScore] | Exception] = {}
+        for member in members:
+            name = member.spec.name
+            out[name] = failed.get(name) or scores[name] or ScoringError(
+                "no DBT view of the exam could be decoded and prepared")
+        return out
+
+    @staticmethod
+    def _volume(image: ExamImage, size: tuple[int, int],
+                notes: list[str]) -> PreparedVolume | None:
+        """The prepared volume, or None (with a note) when the view cannot be read."""
+        try:
+            volume = load_checked_volume(image, size)
+        except (DecodeError, PreprocessingError) as exc:
+            log.warning("DBT view not scorable", extra={
+                "sop_instance_uid": image.sop_instance_uid, "error": str(exc)})
+            notes.append(f"view {image.sop_instance_uid} not scored: {exc}")
+            return None
+        if volume.lossy:
+            notes.append("lossy-compressed input images")
+        if volume.info.slab_reason:
+            notes.append(f"DBT view {image.sop_instance_uid} scored on slabs "
+                         f"({volume.info.slab_reason}); 3D-GMIC was trained on 1 mm slices")
+        return volume
 
 
 TOMO = TomoRunner()
