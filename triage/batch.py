@@ -25,9 +25,10 @@ from sqlalchemy import select
 from triage.config import Settings
 from triage.db import Database, Study
 from triage.db.models import utcnow
-from triage.dicom.assembly import StoredObject, evaluate_readiness, record_instance
 from triage.dicom.classify import classify_instance
+from triage.dicom.records import StoredObject
 from triage.dispatch import enqueue_ready
+from triage.exams import evaluate_readiness, record_instance
 from triage.pipeline import Ensemble, Outcome, process_study
 from triage.results import ExamResult
 

@@ -49,6 +49,11 @@ class GroupBy(StrEnum):
     ACCESSION = "accession"
 
 
+class PartialPolicy(StrEnum):
+    NOT_TRIAGED = "not_triaged"
+    PARTIAL = "partial"
+
+
 class Destination(BaseModel):
     """A C-STORE destination, written ``AET@host:port``."""
 
@@ -154,6 +159,10 @@ class Settings(BaseSettings):
     priorities: list[PriorityLevel] = Field(default_factory=_default_priorities)
     tta_samples: int = Field(default=0, ge=0)
     tta_seed: int = 0
+    #: what an exam that lacks coverage (a breast or standard view missing, a view that failed
+    #: to decode, a member that failed) is categorised as: ``not_triaged`` (default; the reason
+    #: says what is missing) or ``partial`` (category PARTIAL). Never HIGH/MEDIUM/ROUTINE.
+    partial_policy: PartialPolicy = PartialPolicy.NOT_TRIAGED
     allow_uncalibrated: bool = False
     testing: bool = False
 
@@ -161,6 +170,10 @@ class Settings(BaseSettings):
     archive: str = ""  # AET@host:port[,AET@host:port]
     archive_sr: str = ""  # overrides archive for SRs when set
     archive_overlay: str = ""  # overrides archive for overlays when set
+    #: shadow mode (default): results of runs whose weights are not all verified stay in the
+    #: local outputs folder and the DB; they go to the configured archive only when this is
+    #: set (demo and tests set it). Never set it on a clinical archive.
+    send_unverified: bool = False
     send_unverified_cad: bool = False
     cad_certainty_threshold: float = Field(default=0.5, ge=0, le=1)
     overlay_modality: str = "OT"

@@ -4,10 +4,10 @@
   only then is its id handed to the broker. If the broker is down the exam stays `queued`
   and the reconciler sends it again later.
 * ``reconcile``: one process at a time (a DB lease) re-enqueues exams that sat in `queued`
-  longer than ``requeue_after`` seconds, and `scoring` exams older than the broker's
-  visibility timeout (their worker died and the message was lost, e.g. Redis restarted).
-  A second delivery of the same exam is harmless: the claim in ``pipeline.claim`` lets
-  exactly one of them score.
+  longer than ``requeue_after`` seconds, and `scoring` exams whose owner is gone (released
+  after a transient error, or dead: no heartbeat; the message may be lost, e.g. Redis
+  restarted). A second delivery of the same exam is harmless: the claim in
+  ``pipeline.claim`` drops it while the owner lives and lets exactly one take over.
 * ``EmbeddedWorker``: with no broker, a thread that claims queued exams straight from the DB
   and runs the same ``pipeline.process_study`` as the Celery task.
 """
@@ -30,6 +30,7 @@ from triage.db.models import utcnow
 from triage.db.states import set_status
 from triage.errors import TransientError
 from triage.pipeline import Ensemble, OutputStage, process_study
+from triage.pipeline.task import owner_alive
 from triage.vocabulary import ExamStatus
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,21 @@ def _send(enqueue: Enqueue, study_id: int) -> bool:
 
 
 def reconcile(db: Database, settings: Settings, enqueue: Enqueue, *, requeue_after: float,
-              stuck_scoring_after: float, now: datetime | None = None,
-              holder: str | None = None) -> list[int]:
-    """Re-enqueue exams stuck in queued/scoring; only the lease holder acts."""
+              now: datetime | None = None, holder: str | None = None) -> list[int]:
+    """Re-enqueue exams stuck in queued, and scoring exams whose owner is gone (not those a
+    live worker is scoring, however long it takes); only the lease holder acts."""
     now = now or utcnow()
     holder = holder or holder_id()
     with db.session() as session:
         if not acquire_lease(session, RECONCILER_LEASE, holder, ttl_seconds=max(30.0, requeue_after)):
             return []
         queued_before = now - timedelta(seconds=requeue_after)
-        scoring_before = now - timedelta(seconds=stuck_scoring_after)
-        stuck = session.scalars(select(Study).where(
+        candidates = session.scalars(select(Study).where(
             ((Study.status == ExamStatus.QUEUED.value) & (Study.updated_at < queued_before))
-            | ((Study.status == ExamStatus.SCORING.value) & (Study.updated_at < scoring_before))
+            | ((Study.status == ExamStatus.SCORING.value) & (Study.updated_at < queued_before))
         )).all()
+        stuck = [s for s in candidates if s.status == ExamStatus.QUEUED.value
+                 or not owner_alive(s.scoring_owner, s.heartbeat_at, now)]
         ids = [s.id for s in stuck]
         for study in stuck:  # touch, so the next pass waits another period
             study.updated_at = now
@@ -92,12 +94,18 @@ def reconcile(db: Database, settings: Settings, enqueue: Enqueue, *, requeue_aft
 
 
 def next_queued(db: Database) -> int | None:
+    """The next exam for the embedded worker: queued, or scoring with its owner gone (this
+    process died or gave it up after a transient error)."""
+    now = utcnow()
     with db.session() as session:
-        return session.scalars(
-            select(Study.id).where(Study.status.in_([ExamStatus.QUEUED.value,
-                                                     ExamStatus.SCORING.value]))
-            .order_by(Study.queued_at, Study.id).limit(1)
-        ).first()
+        rows = session.execute(
+            select(Study.id, Study.status, Study.scoring_owner, Study.heartbeat_at)
+            .where(Study.status.in_([ExamStatus.QUEUED.value, ExamStatus.SCORING.value]))
+            .order_by(Study.queued_at, Study.id).limit(50)).all()
+    for study_id, status, owner, heartbeat_at in rows:
+        if status == ExamStatus.QUEUED.value or not owner_alive(owner, heartbeat_at, now):
+            return int(study_id)
+    return None
 
 
 class EmbeddedWorker(threading.Thread):
@@ -129,11 +137,17 @@ class EmbeddedWorker(threading.Thread):
 
     def run(self) -> None:
         log.info("embedded worker started")
+        transient = 0  # consecutive transient errors: back off exponentially (cap 60 s)
         while not self.stop_event.is_set():
             try:
                 busy = self.run_once()
+                transient = 0
             except TransientError as exc:
-                log.warning("transient error, retrying", extra={"error": str(exc)})
+                transient += 1
+                delay = min(60.0, 2.0 ** transient)
+                log.warning("transient error, retrying", extra={"error": str(exc),
+                                                                "retry_in_s": delay})
+                self.stop_event.wait(delay)
                 busy = False
             except Exception:
                 log.exception("embedded worker step failed")

@@ -57,3 +57,7 @@ class TransientError(TriageError):
 
 class DeliveryError(TriageError):
     """An object could not be delivered to a destination."""
+
+
+class NothingToScore(ScoringError):
+    """The exam has no image that any configured member scores: it is skipped, not failed."""

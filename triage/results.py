@@ -7,6 +7,8 @@ so every layer may use it. No torch here: arrays are numpy.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,6 +119,24 @@ class BreastScore:
 
 
 @dataclass(frozen=True)
+class ScoredImage:
+    """An image a run scored: which object, which content, where its bytes are."""
+
+    sop_instance_uid: str
+    content_digest: str  # sha256 of the stored dataset bytes (header and pixels)
+    path: str
+    image_class: str = "ffdm"
+
+
+def scored_set_digest(images: Iterable[tuple[str, str]]) -> str:
+    """Order-independent SHA-256 (hex) of (SOP Instance UID, content digest) pairs: the key
+    of a scoring run and of its output UIDs. A corrected image sent again under the same
+    SOP Instance UID has another content digest, so it makes another run."""
+    lines = sorted({f"{uid}|{content}" for uid, content in images})
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
 class ExamResult:
     """Everything a scoring run produced for one exam."""
 
@@ -136,6 +156,9 @@ class ExamResult:
     device: str = "cpu"
     partial: bool = False
     notes: tuple[str, ...] = ()  # e.g. "synthetic 2D scored by FFDM models (domain shift)"
+    #: the images this result describes, with their content digests (``instances_digest`` is
+    #: ``scored_set_digest`` of them); outputs are built from exactly these files
+    scored_images: tuple[ScoredImage, ...] = ()
 
     @property
     def verified(self) -> bool:

@@ -44,7 +44,6 @@ class Dispatcher(threading.Thread):
             enqueue_ready(self.db, self.enqueue)
             reconcile(self.db, self.settings, self.enqueue,
                       requeue_after=self.settings.requeue_after_seconds,
-                      stuck_scoring_after=self.settings.broker_visibility_timeout,
                       holder=self.holder)
 
     def run(self) -> None:
@@ -69,6 +68,7 @@ class Services:
     def start(self, ensemble: Ensemble | None = None) -> None:
         """Start the components; ``ensemble`` (already loaded) is reused by the embedded worker."""
         from triage.dicom.listener import Listener
+        from triage.exams import evaluate_readiness, record_instance
 
         settings, db = self.settings, self.db
         enqueue = None
@@ -76,7 +76,7 @@ class Services:
             from workers.celery_app import enqueue_function, make_celery
 
             enqueue = enqueue_function(make_celery(settings))
-        listener = Listener(settings, db)
+        listener = Listener(settings, db, record=record_instance, evaluate=evaluate_readiness)
         listener.start()
         self.listener = listener
         self.threads = [Dispatcher(db, settings, enqueue), OutboxSender(db, settings)]

@@ -17,19 +17,24 @@ class ExamStatus(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     SKIPPED = "skipped"
+    HELD = "held"  # needs an admin: e.g. conflicting patient identity within one exam
 
 
 #: The only transitions DESIGN.md allows. A re-open (new scorable image that
 #: changes the chosen set) is the only way back to RECEIVING.
 ALLOWED_TRANSITIONS: dict[ExamStatus, frozenset[ExamStatus]] = {
-    ExamStatus.RECEIVING: frozenset({ExamStatus.READY, ExamStatus.SKIPPED}),
-    ExamStatus.READY: frozenset({ExamStatus.QUEUED, ExamStatus.FAILED}),
-    ExamStatus.QUEUED: frozenset({ExamStatus.SCORING, ExamStatus.FAILED}),
-    ExamStatus.SCORING: frozenset({ExamStatus.SCORED, ExamStatus.FAILED}),
-    ExamStatus.SCORED: frozenset({ExamStatus.DELIVERED, ExamStatus.RECEIVING}),
-    ExamStatus.DELIVERED: frozenset({ExamStatus.RECEIVING}),
-    ExamStatus.FAILED: frozenset({ExamStatus.RECEIVING}),
-    ExamStatus.SKIPPED: frozenset({ExamStatus.RECEIVING}),
+    ExamStatus.RECEIVING: frozenset({ExamStatus.READY, ExamStatus.SKIPPED, ExamStatus.HELD}),
+    ExamStatus.READY: frozenset({ExamStatus.QUEUED, ExamStatus.FAILED, ExamStatus.HELD}),
+    ExamStatus.QUEUED: frozenset({ExamStatus.SCORING, ExamStatus.FAILED, ExamStatus.HELD}),
+    # skipped: nothing in the exam that any member scores
+    ExamStatus.SCORING: frozenset({ExamStatus.SCORED, ExamStatus.FAILED, ExamStatus.SKIPPED,
+                                   ExamStatus.HELD}),
+    ExamStatus.SCORED: frozenset({ExamStatus.DELIVERED, ExamStatus.RECEIVING, ExamStatus.HELD}),
+    ExamStatus.DELIVERED: frozenset({ExamStatus.RECEIVING, ExamStatus.HELD}),
+    ExamStatus.FAILED: frozenset({ExamStatus.RECEIVING, ExamStatus.HELD}),
+    ExamStatus.SKIPPED: frozenset({ExamStatus.RECEIVING, ExamStatus.HELD}),
+    # an admin resolved the hold: the exam is assembled again
+    ExamStatus.HELD: frozenset({ExamStatus.RECEIVING}),
 }
 
 

@@ -27,6 +27,7 @@ from triage.models import ensure_demo_weights
 from triage.synthetic import ExamSpec, generate_dbt_exam, generate_exam
 
 TRIAGE = str(Path(sys.executable).with_name("triage"))
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_MEMBER = "gmic-testing-small"
 TEST_ENSEMBLE = json.dumps([{"name": TEST_MEMBER, "weight": 1.0}])
 
@@ -37,7 +38,7 @@ def product_environment(data_dir: Path, **extra: str) -> dict[str, str]:
         "TRIAGE_DATA_DIR": str(data_dir), "TRIAGE_DICOM_HOST": "127.0.0.1",
         "TRIAGE_TESTING": "1", "TRIAGE_ALLOW_UNCALIBRATED": "1", "TRIAGE_ENSEMBLE": TEST_ENSEMBLE,
         "TRIAGE_QUIET_SECONDS": "1", "TRIAGE_LOG_JSON": "true", "TRIAGE_LOG_LEVEL": "INFO",
-        "TRIAGE_DEVICE": "cpu",
+        "TRIAGE_DEVICE": "cpu", "TRIAGE_SEND_UNVERIFIED": "1",
     })
     env.update(extra)
     return env
@@ -76,8 +77,11 @@ class ProductProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        command = [TRIAGE, *self.args]
+        if any(k.startswith("FAULT_") for k in self.env):  # fault injection lives in tests
+            command = [sys.executable, "-m", "tests.faults", *self.args]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([TRIAGE, *self.args], env=self.env, stdout=log,
+            self.proc = subprocess.Popen(command, env=self.env, stdout=log, cwd=REPO_ROOT,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def alive(self) -> bool:

@@ -22,7 +22,8 @@ from tests.unit.mg_headers import STANDARD, Site, mg_header, write_instance
 from triage.config import Settings, load_settings
 from triage.db import Database, Instance, Study, create_database
 from triage.db.migrate import upgrade
-from triage.dicom.assembly import IngestOutcome, close_association, open_association
+from triage.dicom.associations import close_association, open_association
+from triage.dicom.records import IngestOutcome
 from triage.vocabulary import ExamStatus
 
 T0 = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)

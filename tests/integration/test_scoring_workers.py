@@ -140,7 +140,7 @@ def test_worker_killed_during_scoring_is_redelivered_and_scored_once(
     stack = _celery_stack(tmp_path, postgres_url, redis, port)
     stack_factory.append(stack)
     stack.spawn("listen")
-    slow = stack.spawn("worker", name="slow-worker", TRIAGE_TEST_SCORING_DELAY_SECONDS="30")
+    slow = stack.spawn("worker", name="slow-worker", FAULT_SCORING_DELAY_SECONDS="30")
     _listener_up(stack, port)
     uid, files = small_exam(tmp_path / "exam")
     _send(stack, port, files)
@@ -150,7 +150,8 @@ def test_worker_killed_during_scoring_is_redelivered_and_scored_once(
     stack.spawn("worker", name="new-worker")
     wait_until(lambda: exam_status(stack.db, uid) == "delivered", 240, "exam delivered", stack.logs)
     _assert_scored_once(stack, uid)
-    assert study_row(stack.db, uid).scoring_attempts == 2
+    study = study_row(stack.db, uid)
+    assert study.scoring_attempts == 2 and study.worker_losses == 1
 
 
 def test_exam_that_always_kills_its_worker_fails_after_three_deliveries(
@@ -159,7 +160,7 @@ def test_exam_that_always_kills_its_worker_fails_after_three_deliveries(
     port = free_port()
     uid, files = small_exam(tmp_path / "exam", seed=11)
     stack = _celery_stack(tmp_path, postgres_url, redis, port,
-                          TRIAGE_TEST_KILL_WORKER_ON_STUDY_UID=uid)
+                          FAULT_KILL_WORKER_ON_STUDY_UID=uid)
     stack_factory.append(stack)
     stack.spawn("listen")
     stack.spawn("worker")
@@ -167,8 +168,9 @@ def test_exam_that_always_kills_its_worker_fails_after_three_deliveries(
     _send(stack, port, files)
     wait_until(lambda: exam_status(stack.db, uid) == "failed", 300, "exam failed", stack.logs)
     study = study_row(stack.db, uid)
-    assert study.scoring_attempts == 3
-    assert study.failure_reason and "3 deliveries" in study.failure_reason
+    assert study.worker_losses == 3 and study.scoring_attempts == 3
+    assert study.failure_reason and study.failure_reason.startswith("worker lost")
+    assert "interrupted 3 times" in study.failure_reason
     assert runs_of(stack.db, uid) == []
 
 

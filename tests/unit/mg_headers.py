@@ -19,8 +19,9 @@ from sqlalchemy import select
 from triage.config import Settings
 from triage.db import AuditEvent, Database, Instance, Study
 from triage.db.states import set_status
-from triage.dicom.assembly import IngestOutcome, StoredObject, evaluate_readiness, record_instance
 from triage.dicom.classify import classify_instance
+from triage.dicom.records import IngestOutcome, StoredObject
+from triage.exams import evaluate_readiness, record_instance
 from triage.vocabulary import ExamStatus
 
 MG = "1.2.840.10008.5.1.4.1.1.1.2"

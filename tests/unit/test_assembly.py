@@ -19,16 +19,10 @@ from tests.unit.mg_headers import STANDARD, Site, code_item, mg_header, write_in
 from triage.config import Settings, load_settings
 from triage.db import Association, Database, Instance, StatusChange, Study
 from triage.db.session import create_database
-from triage.dicom import assembly
-from triage.dicom.assembly import (
-    StoredObject,
-    close_association,
-    close_stale_associations,
-    evaluate_readiness,
-    open_association,
-    record_instance,
-)
+from triage.dicom.associations import close_association, close_stale_associations, open_association
 from triage.dicom.classify import classify_instance
+from triage.dicom.records import StoredObject
+from triage.exams import chosen, evaluate_readiness, record_instance
 from triage.vocabulary import ExamStatus
 
 T0 = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
@@ -517,10 +511,10 @@ def test_incremental_view_choice_matches_the_full_rules_after_every_image(site: 
         with site.db.session() as session:
             study = session.get(Study, study_id)
             assert study is not None
-            instances = assembly._study_instances(session, study_id)
+            instances = chosen.study_instances(session, study_id)
             flags = [(inst.id, inst.chosen) for inst in instances]
             digest, classes = study.chosen_set_digest, list(study.image_classes)
-            changed = assembly._apply_chosen(session, study, instances, T0)
+            changed = chosen.apply_chosen(session, study, instances, T0)
             assert not changed, f"image {i}: digest differs from the full rules"
             assert [(inst.id, inst.chosen) for inst in instances] == flags, f"image {i}"
             assert study.image_classes == classes

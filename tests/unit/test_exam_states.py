@@ -18,6 +18,10 @@ ALLOWED = {
     (S.SCORED, S.DELIVERED), (S.READY, S.FAILED), (S.QUEUED, S.FAILED), (S.SCORING, S.FAILED),
     (S.RECEIVING, S.SKIPPED), (S.SCORED, S.RECEIVING), (S.DELIVERED, S.RECEIVING),
     (S.FAILED, S.RECEIVING), (S.SKIPPED, S.RECEIVING),
+    # nothing any member scores is found only while scoring
+    (S.SCORING, S.SKIPPED),
+    # held (e.g. conflicting patient identity) from any state; only a release leaves it
+    *((s, S.HELD) for s in S if s is not S.HELD), (S.HELD, S.RECEIVING),
 }
 
 

@@ -9,8 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"config", "errors", "vocabulary", "results", "logs"}
-LIBRARY = BASE | {"models", "imaging", "dicom", "scoring", "outputs", "db", "synthetic",
-                  "validation", "pipeline"}
+LIBRARY = BASE | {"models", "imaging", "dicom", "exams", "scoring", "outputs", "db",
+                  "synthetic", "validation", "pipeline"}
 
 #: layer -> project layers it may import (itself always allowed)
 ALLOWED: dict[str, set[str]] = {
@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "logs": set(),
     "models": BASE,
     "imaging": BASE,
+    # the network and files; never the exam logic (the service binds the listener to it)
     "dicom": BASE | {"db"},
+    "exams": BASE | {"db", "dicom"},
     "scoring": BASE,
     "outputs": BASE,
     "db": BASE,
@@ -42,6 +44,7 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "models": {"pydicom", "pynetdicom", "sqlalchemy", "celery"},
     "imaging": {"sqlalchemy", "pynetdicom", "celery"},
     "dicom": {"torch"},
+    "exams": {"torch", "pynetdicom", "celery"},
     "scoring": {"torch", "pydicom", "sqlalchemy"},
     "outputs": {"torch", "sqlalchemy", "pynetdicom"},
     "db": {"torch", "pynetdicom", "pydicom"},
@@ -101,3 +104,12 @@ def test_rules_table_rejects_a_forbidden_import(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
     sample.write_text("from triage.db import Study\nimport torch\n")
     assert _imports(sample) == {"triage.db", "torch"}
+
+
+def test_rules_table_keeps_the_exam_logic_out_of_the_network_layer() -> None:
+    """DESIGN.md: ``dicom`` never imports ``exams``; ``exams`` never imports torch."""
+    assert "exams" not in ALLOWED["dicom"]
+    assert "dicom" in ALLOWED["exams"]
+    assert "torch" in FORBIDDEN_THIRD_PARTY["exams"]
+    assert (ROOT / "triage" / "exams").is_dir()
+    assert not (ROOT / "triage" / "dicom" / "assembly.py").exists()

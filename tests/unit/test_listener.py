@@ -25,9 +25,9 @@ from tests.integration.listener_helpers import (
 )
 from triage.config import Settings
 from triage.db import Quarantined
-from triage.dicom.assembly import IngestOutcome, StoredObject
 from triage.dicom.classify import Classification
 from triage.dicom.listener import IngestService, StoreRequest
+from triage.dicom.records import IngestOutcome, StoredObject
 from triage.dicom.spool import OsFileSystem, Spool, dataset_digest, sidecar_path
 from triage.dicom.validate import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from triage.vocabulary import ImageClass, Laterality, View

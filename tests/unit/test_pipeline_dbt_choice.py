@@ -9,9 +9,10 @@ import pydicom
 
 from triage.config import Settings
 from triage.db import Database
-from triage.dicom.assembly import StoredObject, record_instance
 from triage.dicom.classify import classify_instance
+from triage.dicom.records import StoredObject
 from triage.dicom.spool import dataset_digest
+from triage.exams import record_instance
 from triage.pipeline import chosen_images
 from triage.synthetic.builders import ExamSpec
 from triage.synthetic.dbt import generate_dbt_exam

@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,7 +82,15 @@ class Study(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     image_classes: Mapped[list[Any]] = mapped_column(default=list)
     chosen_set_digest: Mapped[str | None] = mapped_column(String(64))
-    scoring_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    scoring_attempts: Mapped[int] = mapped_column(Integer, default=0)  # deliveries claimed
+    #: the worker scoring it now (host:pid:random) and its last sign of life
+    scoring_owner: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    #: deliveries that ended with the worker lost (counts toward `failed`) and transient
+    #: errors retried (DB or archive briefly down; never counted as worker loss)
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    transient_retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    hold_reason: Mapped[str | None] = mapped_column(Text)
     reopen_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -150,6 +159,8 @@ class Instance(Base):
     acquisition_datetime: Mapped[str | None] = mapped_column(String(32))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -198,6 +209,9 @@ class ScoringRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+    #: the run lacks coverage (a breast or standard view missing, a view or member failed)
+    partial: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    coverage_gaps: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
     study: Mapped[Study] = relationship(back_populates="runs")
     members: Mapped[list[RunMember]] = relationship(back_populates="run")

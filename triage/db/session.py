@@ -81,3 +81,19 @@ def check_connection(db: Database) -> None:
             f"database {db.engine.url.render_as_string(hide_password=True)} is not reachable: "
             f"{exc.orig}. Check TRIAGE_DATABASE_URL and that the server is running."
         ) from exc
+
+
+def serialise_writers(session: Session) -> None:
+    """On SQLite, take the write lock before reading what we are about to change.
+
+    pysqlite starts a transaction only at the first write, so a read-then-write could act on
+    stale rows and a SAVEPOINT opened outside a transaction would commit on release.
+    ``BEGIN IMMEDIATE`` (waiting up to the busy timeout) serialises writers instead; on
+    PostgreSQL the exam row is locked with SELECT ... FOR UPDATE.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not getattr(raw, "in_transaction", True):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -49,6 +49,10 @@ def set_status(
         study.failure_reason = reason
     if new is ExamStatus.SKIPPED:
         study.skip_reason = reason
+    if new is ExamStatus.HELD:
+        study.hold_reason = reason
+    if current is ExamStatus.SCORING:
+        study.scoring_owner = None  # the scoring is over, whatever its end
     session.add(StatusChange(study_id=study.id, from_status=current.value, to_status=new.value,
                              reason=reason, at=at))
 

@@ -10,7 +10,8 @@ Per C-STORE (``IngestService.store``), in this order:
    kept -> ``0xA700``;
 3. ``classify_instance`` on the header (read with ``stop_before_pixels``);
 4. ``Spool.keep``: fsync, rename to the final path, fsync the directory;
-5. ``record_instance`` and commit; if the database fails -> ``0xA700`` (the new spool file is
+5. the bound store handler (``record``: the service binds ``triage.exams.record_instance``)
+   and commit; if the database fails -> ``0xA700`` (the new spool file is
    removed when the failure came before the commit; kept if the commit itself failed, since
    then the row may exist);
 6. an identical duplicate's new spool file is removed (only after the commit said so);
@@ -20,7 +21,7 @@ Any unexpected error answers ``0xA700`` (the sender keeps the image and retries)
 logged with the UIDs; a handler never raises. Associations are recorded on accept and
 closed on release/abort/close (retried each second while the database is down); at start-up
 associations still marked open and temp files left by a previous process are cleaned up.
-A timer thread runs ``evaluate_readiness`` every second.
+A timer thread runs the bound readiness rules (``evaluate``) every second.
 
 pynetdicom's receive-to-file mode (``_config.STORE_RECV_CHUNKED_DATASET``) writes into a
 ``NamedTemporaryFile`` created in ``pynetdicom.dimse_messages``; the listener points that
@@ -67,9 +68,9 @@ from sqlalchemy.orm import Session
 from triage.config import Settings
 from triage.db import Quarantined
 from triage.db.session import Database
-from triage.dicom import assembly
-from triage.dicom.assembly import IngestOutcome, StoredObject
+from triage.dicom import associations
 from triage.dicom.classify import Classification, classify_instance
+from triage.dicom.records import EvaluateReadiness, RecordInstance, StoredObject
 from triage.dicom.spool import ReceiveRegistry, Spool, dataset_digest, sidecar_path
 from triage.dicom.validate import (
     STATUS_OUT_OF_RESOURCES,
@@ -153,15 +154,14 @@ class Sessions(Protocol):
 
 
 ClassifyFn = Callable[[Dataset, Settings], Classification]
-RecordFn = Callable[..., IngestOutcome]
 
 
 class IngestService:
     """Turns a received temp file into a kept instance (or a quarantined one) and a status."""
 
     def __init__(self, settings: Settings, sessions: Sessions, spool: Spool, *,
+                 record: RecordInstance,
                  classify: ClassifyFn = classify_instance,
-                 record: RecordFn = assembly.record_instance,
                  clock: Callable[[], datetime] = _utcnow) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -387,13 +387,15 @@ class Listener:
     """The Storage SCP with its association bookkeeping and readiness timer."""
 
     def __init__(self, settings: Settings, db: Database, *,
+                 record: RecordInstance, evaluate: EvaluateReadiness,
                  ingest: IngestService | None = None,
                  tick_seconds: float = TICK_SECONDS) -> None:
         self.settings = settings
         self.db = db
         self.spool = Spool(settings.spool_dir, settings.quarantine_dir)
         self.registry = ReceiveRegistry(self.spool.tmp_dir)
-        self.ingest = ingest or IngestService(settings, db.sessions, self.spool)
+        self.ingest = ingest or IngestService(settings, db.sessions, self.spool, record=record)
+        self.evaluate = evaluate
         self.tick_seconds = tick_seconds
         self._associations: dict[PynetdicomAssociation, int | None] = {}
         self._pending_closes: list[tuple[int, str, datetime]] = []
@@ -490,7 +492,7 @@ class Listener:
                 self._tick_failed(what, exc)
 
     def _evaluate_readiness(self) -> None:
-        assembly.evaluate_readiness(self.db, self.settings, _utcnow())
+        self.evaluate(self.db, self.settings, _utcnow())
 
     def _tick_failed(self, what: str, exc: Exception) -> None:
         """Log every failing timer step: as an error at once and then at most every
@@ -506,7 +508,7 @@ class Listener:
     def _close_stale_associations(self) -> None:
         try:
             with self.db.session() as session:
-                closed = assembly.close_stale_associations(session, "listener restarted")
+                closed = associations.close_stale_associations(session, "listener restarted")
             if closed:
                 log.warning("closed associations left open by a previous listener",
                             extra={"count": closed})
@@ -524,7 +526,7 @@ class Listener:
         peer = self._peer(assoc)
         try:
             with self.db.session() as session:
-                return assembly.open_association(
+                return associations.open_association(
                     session, calling_ae=peer["calling_ae"], called_ae=self.settings.ae_title,
                     peer_address=peer["peer_address"], peer_port=peer["peer_port"],
                     now=_utcnow())
@@ -591,7 +593,7 @@ class Listener:
             now = _utcnow()
             try:
                 with self.db.session() as session:
-                    assembly.close_association(session, association_id, reason, now=now)
+                    associations.close_association(session, association_id, reason, now=now)
             except Exception as exc:
                 log.error("cannot record the end of association %s (%s); retrying",
                           association_id, exc)
@@ -608,7 +610,7 @@ class Listener:
         for index, (association_id, reason, at) in enumerate(pending):
             try:
                 with self.db.session() as session:
-                    assembly.close_association(session, association_id, reason, now=at)
+                    associations.close_association(session, association_id, reason, now=at)
             except Exception:
                 with self._lock:
                     self._pending_closes.extend(pending[index:])

@@ -14,6 +14,8 @@ from triage.config import Settings
 from triage.errors import ModelError
 from triage.models import LoadedModel, get_spec, load_member
 from triage.pipeline.families import check_member
+from triage.pipeline.images import ExamImage
+from triage.results import scored_set_digest
 from triage.vocabulary import WeightsStatus
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,9 @@ def load_ensemble(settings: Settings, device: torch.device | None = None) -> Ens
                     model_set_version=version)
 
 
-def instances_digest(sop_instance_uids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(sop_instance_uids)).encode()).hexdigest()
+def instances_digest(images: Sequence[ExamImage]) -> str:
+    """The run key of a set of images: their SOP Instance UIDs and content digests."""
+    return scored_set_digest((i.sop_instance_uid, i.content_digest) for i in images)
 
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from triage.errors import ScoringError, TriageError
+from triage.errors import NothingToScore, ScoringError, TriageError
 from triage.imaging import sample_windows
 from triage.models import LoadedModel
 from triage.pipeline.ensemble import (
@@ -30,7 +30,7 @@ from triage.pipeline.families import MODALITY_CLASSES, runner_for
 from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs, SharedInputRunner
 from triage.pipeline.views2d import PrepareRequest, prepare_all
-from triage.results import BreastScore, ExamResult, MemberInfo, ViewScore
+from triage.results import BreastScore, ExamResult, MemberInfo, ScoredImage, ViewScore
 from triage.scoring import ViewProbability, categorise, combine_classes, exam_score
 from triage.vocabulary import ImageClass, WeightsStatus
 
@@ -133,7 +133,7 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
     per_member = {m.spec.name: _member_images(m, ensemble, images) for m in ensemble.members}
     if not any(per_member.values()):
         classes = sorted({img.image_class.value for img in images}) or ["none"]
-        raise ScoringError(f"exam {study_instance_uid}: no image the ensemble's members score "
+        raise NothingToScore(f"exam {study_instance_uid}: no image the ensemble's members score "
                            f"(image classes in the exam: {', '.join(classes)})")
     requests = [r for m in ensemble.members
                 for r in runner_for(m.spec).requests(m, per_member[m.spec.name])]
@@ -210,11 +210,12 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
                  if m.companions and any(i.name == m.spec.name and i.included
                                          for i in member_infos))
     scored_uids = sorted({v.sop_instance_uid for v in view_scores})
+    scored_images = [img for img in images if img.sop_instance_uid in scored_uids]
     timings["total_s"] = time.perf_counter() - started
     return ExamResult(
         study_instance_uid=study_instance_uid,
         model_set_version=ensemble.model_set_version,
-        instances_digest=instances_digest(scored_uids),
+        instances_digest=instances_digest(scored_images),
         scored_sop_instance_uids=tuple(scored_uids),
         members=tuple(member_infos),
         views=tuple(view_scores),
@@ -229,6 +230,8 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         device=str(ensemble.device),
         partial=partial,
         notes=tuple(notes),
+        scored_images=tuple(ScoredImage(img.sop_instance_uid, img.content_digest, str(img.path),
+                                        img.image_class.value) for img in scored_images),
     )
 
 

@@ -18,3 +18,4 @@ class ExamImage:
     laterality: Laterality
     view: View
     image_class: ImageClass = ImageClass.FFDM
+    content_digest: str = ""  # sha256 of the stored dataset bytes (Instance.content_digest)
