@@ -281,6 +281,46 @@ def test_corrected_header_is_a_new_version_even_with_equal_pixels(site: Site) ->
     assert site.send(corrected, T0 + timedelta(seconds=1)).new_version
 
 
+def _write_lock_is_free(db_path: str) -> bool:
+    """Can another connection take SQLite's write lock right now (no waiting)?"""
+    import sqlite3
+
+    other = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def test_content_of_a_resent_image_is_hashed_before_the_write_lock_is_taken(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-sent image in another transfer syntax needs a full decode to compare contents;
+    that work happens while other senders can still write (SQLite's lock is free)."""
+    from triage.exams import recording
+
+    db_path = str(site.db.engine.url.database)
+    lock_free_during_hashing: list[bool] = []
+    real = recording.canonical_digest
+
+    def observed(path: Path) -> str:
+        lock_free_during_hashing.append(_write_lock_is_free(db_path))
+        return real(path)
+
+    monkeypatch.setattr(recording, "canonical_digest", observed)
+    ds = mg_header("L", "CC")
+    pixels = np.random.default_rng(1).integers(0, 4096, (16, 16)).astype(np.uint16)
+    site.send(ds, T0, pixels=pixels)
+    again = site.send(ds, T0, pixels=pixels, transfer_syntax=RLELossless)
+    assert again.duplicate
+    assert len(lock_free_during_hashing) == 2  # the new file and the stored version
+    assert all(lock_free_during_hashing), lock_free_during_hashing
+
+
 # ---- re-open ---------------------------------------------------------------------------------
 def _scored_exam(site: Site) -> tuple[str, int]:
     study_uid, outcomes = site.send_exam(T0, AcquisitionDateTime="20250106101000")

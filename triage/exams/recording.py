@@ -58,26 +58,52 @@ _COUNT_RECEIVED = (update(_ASSOCIATIONS).where(_ASSOCIATIONS.c.id == bindparam("
                    .values(instances_received=_ASSOCIATIONS.c.instances_received + 1))
 
 
-def _duplicate_of(priors: Sequence[Instance], stored: StoredObject) -> tuple[Instance, str] | None:
-    """The stored version this object duplicates, and how it matched; None if it is new."""
+def _canonical(path: Path, known: dict[str, str | None]) -> str | None:
+    """The canonical content digest of a stored file (cached in ``known``; None if unreadable)."""
+    key = str(path)
+    if key not in known:
+        try:
+            known[key] = canonical_digest(path)
+        except (InvalidDicom, DecodeError) as exc:
+            logger.warning("cannot read content, not compared: %s", exc)
+            known[key] = None
+    return known[key]
+
+
+def canonical_digests_before_lock(session: Session, sop_uid: str,
+                                  stored: StoredObject) -> dict[str, str | None]:
+    """Decode-and-hash work for a SOP Instance UID we already hold, done *before* the write
+    lock is taken: the canonical digests of the new file and of its stored versions (a
+    re-sent DBT decodes hundreds of frames; no other sender waits for that). Empty when
+    the UID is new or an identical copy is already stored (the common cases)."""
+    priors = session.execute(select(Instance.path, Instance.content_digest)
+                             .where(Instance.sop_instance_uid == sop_uid)).all()
+    if not priors or any(digest == stored.raw_digest for _, digest in priors):
+        return {}
+    known: dict[str, str | None] = {}
+    for path in (stored.path, *(Path(p) for p, _ in priors)):
+        _canonical(path, known)
+    return known
+
+
+def _duplicate_of(priors: Sequence[Instance], stored: StoredObject,
+                  known: dict[str, str | None]) -> tuple[Instance, str] | None:
+    """The stored version this object duplicates, and how it matched; None if it is new.
+    ``known``: canonical digests computed before the lock (a version that arrived since is
+    hashed here)."""
     for prior in priors:
         if prior.content_digest == stored.raw_digest:
             return prior, "identical dataset bytes"
     if not priors:
         return None
-    try:
-        new_content = canonical_digest(stored.path)
-    except (InvalidDicom, DecodeError) as exc:
-        logger.warning("cannot compare content, keeping as a new version: %s", exc)
+    new_content = _canonical(stored.path, known)
+    if new_content is None:
+        logger.warning("cannot compare content, keeping as a new version")
         return None
     for prior in sorted(priors, key=lambda p: p.version, reverse=True):
-        try:
-            if canonical_digest(Path(prior.path)) == new_content:
-                syntaxes = f"{prior.transfer_syntax_uid} -> {stored.transfer_syntax_uid}"
-                return prior, f"same content in another transfer syntax ({syntaxes})"
-        except (InvalidDicom, DecodeError) as exc:
-            logger.warning("stored version unreadable, cannot compare: %s", exc,
-                           extra={"sop_instance_uid": prior.sop_instance_uid})
+        if _canonical(Path(prior.path), known) == new_content:
+            syntaxes = f"{prior.transfer_syntax_uid} -> {stored.transfer_syntax_uid}"
+            return prior, f"same content in another transfer syntax ({syntaxes})"
     return None
 
 
@@ -112,6 +138,7 @@ def record_instance(
             "instance lacks SOP Instance UID or Study Instance UID; it cannot be filed "
             "(the sender must send complete storage objects)"
         )
+    known = canonical_digests_before_lock(session, sop_uid, stored)
     serialise_writers(session)
     if association_id is not None:
         session.connection().execute(_COUNT_RECEIVED, {"association_id": association_id})
@@ -122,7 +149,7 @@ def record_instance(
         priors = list(session.scalars(select(Instance)
                                       .where(Instance.sop_instance_uid == sop_uid)
                                       .order_by(Instance.version)))
-    duplicate = _duplicate_of(priors, stored)
+    duplicate = _duplicate_of(priors, stored, known)
     if duplicate is not None:
         prior, how = duplicate
         session.add(AuditEvent(at=now, kind=EVENT_DUPLICATE, study_id=prior.study_id,
