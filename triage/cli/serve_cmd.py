@@ -59,8 +59,8 @@ def _report_demo(db: Database, settings: Settings, study_uid: str, stop: threadi
     if stop.is_set():
         return
     with db.session() as session:
-        entries = [e for e in queries.worklist(session, [p.name for p in settings.priorities])
-                   if e.study_instance_uid == study_uid]
+        entries = queries.worklist(session, [p.name for p in settings.priorities],
+                                   queries.WorklistRequest(study_instance_uid=study_uid)).entries
     typer.echo("worklist line for the demo exam:")
     for e in entries:
         typer.echo("  " + format_entry(e).replace("\n", "\n  "))
