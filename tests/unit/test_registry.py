@@ -27,6 +27,8 @@ from triage.models.registry import (
     WeightSpec,
 )
 from triage.models.weights import (
+    PublishedValidation,
+    ValidationComparison,
     file_digests,
     mark_verified,
     read_manifest,
@@ -134,10 +136,19 @@ def test_import_records_checksums_and_stays_unverified(settings: Settings,
     assert weights_status("gmic-resnet18-1", settings) is WeightsStatus.IMPORTED_UNVERIFIED
 
 
+def _passing_validation() -> PublishedValidation:
+    """What a passing `triage validate published` hands to mark_verified."""
+    return PublishedValidation(
+        compared="test", matched_source="gmic-resnet18-1",
+        comparisons=tuple(ValidationComparison("gmic-resnet18-1", view, expected, expected)
+                          for view, expected in PUBLISHED_GMIC_SAMPLE_PREDICTIONS.items()))
+
+
 def test_mark_verified_refuses_a_file_that_is_not_the_published_one(
         settings: Settings, fixture_weights: Path) -> None:
     import_weights(fixture_weights, "gmic-resnet18-1", settings)
-    assert mark_verified(["gmic-resnet18-1"], settings) == []
+    digests = file_digests(fixture_weights)
+    assert mark_verified({"gmic-resnet18-1": digests}, settings, _passing_validation()) == []
     assert weights_status("gmic-resnet18-1", settings) is WeightsStatus.IMPORTED_UNVERIFIED
 
 
@@ -237,7 +248,8 @@ def test_mark_verified_upgrades_a_file_whose_blob_id_is_the_published_one(
     result = import_weights(fixture_weights, spec.name, settings)
     assert result.matches_published
     assert weights_status(spec.name, settings) is WeightsStatus.IMPORTED_UNVERIFIED
-    assert mark_verified([spec.name], settings) == [spec.name]
+    digests = file_digests(fixture_weights)
+    assert mark_verified({spec.name: digests}, settings, _passing_validation()) == [spec.name]
     assert weights_status(spec.name, settings) is WeightsStatus.VERIFIED_PUBLISHED
     assert read_manifest(settings)[spec.name].verified_at is not None
     loaded = load_member(spec.name, settings, torch.device("cpu"))  # no permission needed

@@ -96,3 +96,41 @@ def test_import_of_unknown_model_or_missing_file_fails(runner: CliRunner, data_d
     assert unknown.exit_code != 0 and "unknown model" in unknown.output
     missing = runner.invoke(app, ["import", str(tmp_path / "nope.pt"), "--as", "gmic-resnet18-1"])
     assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+def test_list_and_verify_show_the_status_the_bytes_give(runner: CliRunner, data_dir: Path,
+                                                        fixtures_dir: Path) -> None:
+    """An edited manifest does not change what `models list` / `models verify` report."""
+    weights = fixtures_dir / "gmic_resnet18_weights_fp16.pt"
+    assert runner.invoke(app, ["import", str(weights), "--as", "gmic-resnet18-1"]).exit_code == 0
+    manifest_file = data_dir / "models" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    row = _list(runner)["gmic-resnet18-1"]
+    entry = manifest["models"]["gmic-resnet18-1"]
+    entry["status"] = "verified_published"
+    entry["git_blob_id"] = row["published_git_blob_id"]
+    manifest_file.write_text(json.dumps(manifest))
+
+    row = _list(runner)["gmic-resnet18-1"]
+    assert row["weights_status"] == "imported_unverified" and row["validation"] is None
+    assert "not that of the published file" in row["weights_status_reason"]
+    assert row["verifiable"] is True
+    verified = runner.invoke(app, ["verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "[imported_unverified]" in verified.stdout
+
+
+def test_verify_says_why_dmv_cnn_weights_cannot_be_verified(runner: CliRunner, data_dir: Path,
+                                                            fixtures_dir: Path) -> None:
+    weights = fixtures_dir / "dmv_cnn_view_split_weights_fp16.pt"
+    imported = runner.invoke(app, ["import", str(weights), "--as", "dmv-cnn-image-only"])
+    assert imported.exit_code == 0, imported.output
+    result = runner.invoke(app, ["verify", "dmv-cnn-image-only"])
+    assert result.exit_code == 0, result.output
+    assert "dmv-cnn-image-only cannot be verified by this installation" in result.stdout
+    assert "sample exam 0" in result.stdout and "TRIAGE_ALLOW_UNCALIBRATED=1" in result.stdout
+    row = _list(runner)["dmv-cnn-image-only"]
+    assert row["verifiable"] is False and row["weights_status"] == "imported_unverified"
+    gmic3d = runner.invoke(app, ["verify", "gmic3d-resnet18-1"])
+    assert gmic3d.exit_code != 0  # nothing imported for it
+    assert "gmic3d-resnet18-1 cannot be verified" in gmic3d.stdout

@@ -142,3 +142,22 @@ def test_published_validation_without_imported_weights_says_what_to_do(
     result = CliRunner().invoke(app, ["published", "--images", str(fixtures_dir / "images")])
     assert result.exit_code != 0
     assert "triage models import" in result.output
+
+
+def test_published_tolerance_cannot_be_loosened_from_the_command_line(
+        fixtures_dir: Path, data_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["published", "--images", str(fixtures_dir / "images"),
+                                      "--tolerance", "1"])
+    assert result.exit_code != 0
+    assert "No such option" in result.output
+
+
+@pytest.mark.parametrize("name", ["dmv-cnn-image-and-heatmaps", "dmv-patch-densenet121",
+                                  "gmic3d-resnet18-3"])
+def test_published_validation_refuses_dmv_cnn_and_3d_gmic_with_the_reason(
+        name: str, fixtures_dir: Path, data_dir: Path) -> None:
+    result = CliRunner().invoke(app, ["published", "--images", str(fixtures_dir / "images"),
+                                      "--model", name])
+    assert result.exit_code == 1
+    assert f"{name} cannot be verified by this installation" in result.output
+    assert "What you can do" in result.output

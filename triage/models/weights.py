@@ -1,22 +1,47 @@
 """Weight files: checksums, the models manifest, strict loading, import and status.
 
 Every weight file the product uses lives in ``Settings.models_dir`` and has an entry in
-``models_dir/manifest.json`` (name → file, sha256, git blob id, status, imported_at).
+``models_dir/manifest.json`` (name → file, sha256, git blob id, claimed status,
+imported_at). Successful ``triage validate published`` runs are recorded in
+``models_dir/validations.json`` (:class:`ValidationRecord`).
 
-Status (:class:`~triage.vocabulary.WeightsStatus`):
+Status (:class:`~triage.vocabulary.WeightsStatus`) is **derived from the weight file's bytes
+each time it is read** (:func:`assess_status`), never taken from the manifest, which is
+an ordinary writable file and only a claim:
 
-* ``verified_published`` — the file's git blob id equals the one the registry records for
-  the authors' published file *and* ``triage validate published`` reproduced the authors'
-  sample predictions with it (:func:`mark_verified`);
-* ``imported_unverified`` — any other imported file (blob id differs, or not validated);
-* ``synthetic_demo`` — seeded weights the product made itself (:func:`ensure_demo_weights`)
-  so a demo can score without real weights; never calibrated, never clinical;
-* ``random`` — no weights at all.
+* ``verified_published`` — all of: the git blob id (``sha1(b"blob <size>\\0" + bytes)``)
+  of the bytes read is the one the registry records for the authors' published file of
+  *that* model; the model has a published-weights validation path in this product
+  (:func:`verification_refusal` is ``None``: today the five GMIC files); and
+  ``validations.json`` holds a successful ``triage validate published`` for exactly that
+  sha256, compared within :data:`PUBLISHED_VALIDATION_TOLERANCE` — a constant fixed here,
+  not a setting or option; a record with another tolerance, a comparison outside it, or
+  expected values other than the published ones is ignored (and logged). The manifest's
+  claim plays no part: a published, validated file is verified even if the manifest says
+  otherwise, and a manifest that claims ``verified_published`` for anything else is
+  logged as a warning and the status is downgraded to ``imported_unverified``.
+* ``synthetic_demo`` — honoured only when the manifest claims it *and* the file's tensors
+  are exactly the seeded demo tensors of that model (:func:`demo_state`: the model built
+  under :func:`demo_seed`, stored as float16). The demo weights are recomputed from the
+  seed rather than trusted from a recorded checksum, because a recorded checksum would
+  live in the same writable manifest; comparing tensors (not the file's bytes) keeps the
+  check independent of how ``torch.save`` lays out the archive. An imported file the
+  manifest calls ``synthetic_demo`` is logged and reported ``imported_unverified``; the
+  demo file imported with ``triage models import`` stays ``imported_unverified``.
+* ``imported_unverified`` — any other file that is present;
+* ``random`` — no weights (no manifest entry, or its file is missing).
+
+What this does not protect against: someone who can write ``models_dir`` can also write a
+validation record. What they cannot do is make a file that is not the authors' published
+file (git blob id) ``verified_published``, nor verify a model this product has no
+validation path for. The blob id binds the bytes; the record binds those bytes to a
+successful run of this product's validation at the fixed tolerance.
 
 Only ``verified_published`` loads by default; anything else needs
 ``TRIAGE_ALLOW_UNCALIBRATED=1`` (or the CLI flag that sets it) and is then reported as
-uncalibrated. Loading always checks the sha256 first, then reads the file with
-``torch.load(weights_only=True)`` and loads it with strict keys and shapes. float16 files
+uncalibrated. Loading reads the file once into memory, checks its sha256 against the
+manifest, derives the status from those bytes, then reads the same bytes with
+``torch.load(weights_only=True)`` and loads them with strict keys and shapes. float16 files
 are upcast into the float32 model.
 """
 
@@ -26,28 +51,45 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
 
 from triage.config import Settings
 from triage.errors import ModelError, WeightsError
-from triage.models.registry import HEATMAPS_FROM, TESTING_ONLY, ModelSpec, get_spec, list_specs
+from triage.models.registry import (
+    DMV_REPOSITORY,
+    GMIC3D_REPOSITORY,
+    GMIC_REPOSITORY,
+    HEATMAPS_FROM,
+    PUBLISHED_GMIC_SAMPLE_PREDICTIONS,
+    TESTING_ONLY,
+    ModelSpec,
+    get_spec,
+    list_specs,
+)
 from triage.vocabulary import WeightsStatus
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+VALIDATIONS_NAME = "validations.json"
+#: Largest absolute difference allowed between this product's predictions and the authors'
+#: published sample predictions for ``triage validate published`` to verify a file: the
+#: README's 4 decimals (±5e-5) plus float noise. Fixed in code on purpose — no setting or
+#: CLI option changes it, and a validation record with another tolerance is not honoured.
+PUBLISHED_VALIDATION_TOLERANCE: Final[float] = 5e-4
 ALLOW_ENV = "TRIAGE_ALLOW_UNCALIBRATED=1"
 _CHUNK = 1 << 20
 
@@ -79,15 +121,44 @@ def file_digests(path: Path) -> FileDigests:
     return FileDigests(sha256=sha256.hexdigest(), git_blob_id=blob.hexdigest(), size=size)
 
 
+def bytes_digests(data: bytes) -> FileDigests:
+    """:func:`file_digests` of bytes already in memory."""
+    blob = hashlib.sha1(f"blob {len(data)}\0".encode())
+    blob.update(data)
+    return FileDigests(sha256=hashlib.sha256(data).hexdigest(), git_blob_id=blob.hexdigest(),
+                       size=len(data))
+
+
+def read_weights_file(path: Path) -> tuple[bytes, FileDigests]:
+    """The file's bytes and their digests, read once: what is hashed is what is loaded."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise WeightsError(f"weights file {path} does not exist") from exc
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    return data, bytes_digests(data)
+
+
 # ---------------------------------------------------------------------------
 # reading and strict loading
 # ---------------------------------------------------------------------------
 def read_state_dict(path: Path, state_dict_key: str | None = None) -> dict[str, Tensor]:
     """``torch.load(weights_only=True)`` on CPU; unwraps ``{state_dict_key: ...}``."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise WeightsError(f"weights file {path} does not exist") from exc
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    return state_from_bytes(data, path, state_dict_key)
+
+
+def state_from_bytes(data: bytes, path: Path, state_dict_key: str | None = None
+                     ) -> dict[str, Tensor]:
+    """:func:`read_state_dict` of a file's bytes already read (``path`` names it in errors)."""
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused / corrupt archive: all say "unreadable"
         raise WeightsError(
             f"weights file {path} cannot be read as a PyTorch state_dict with "
@@ -144,18 +215,23 @@ def load_state(module: nn.Module, state: Mapping[str, Tensor], source: str) -> N
 
 def load_weights(module: nn.Module, path: Path, expected_sha256: str | None = None,
                  state_dict_key: str | None = None) -> FileDigests:
-    """Checksum first, then read (weights_only) and load strictly into ``module``."""
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    digests = file_digests(path)
+    """Checksum first, then read (weights_only) and load strictly into ``module``.
+
+    The file is read once; the digests returned are those of the bytes loaded.
+    """
+    data, digests = read_weights_file(path)
+    _check_sha256(path, digests, expected_sha256)
+    load_state(module, state_from_bytes(data, path, state_dict_key), str(path))
+    return digests
+
+
+def _check_sha256(path: Path, digests: FileDigests, expected_sha256: str | None) -> None:
     if expected_sha256 is not None and digests.sha256 != expected_sha256:
         raise WeightsError(
             f"weights file {path} has sha256 {digests.sha256}, expected {expected_sha256}; "
             "the file changed or is not the one imported — re-import it with "
             "`triage models import`"
         )
-    load_state(module, read_state_dict(path, state_dict_key), str(path))
-    return digests
 
 
 def _instantiate(spec: ModelSpec, overrides: Mapping[str, Any]) -> nn.Module:
@@ -279,26 +355,334 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# status
+# which models this product can verify
 # ---------------------------------------------------------------------------
-def status_of(spec: ModelSpec, entry: ManifestEntry | None) -> WeightsStatus:
-    """The effective status of a manifest entry (``random`` when there is none).
+_ADMIN_OPTIONS = (
+    "What you can do: `triage models list` shows whether the imported file is the authors' "
+    "published file (its git blob id); `triage validate reference --fixtures DIR` checks "
+    "this product's numerics for the architecture; the member can run as "
+    f"imported_unverified with {ALLOW_ENV}, and its results then stay UNCALIBRATED / "
+    "INVESTIGATIONAL and NOT TRIAGED. Validate it on your own data outside the product "
+    "before relying on it."
+)
 
-    ``verified_published`` is honoured only while the entry's blob id still equals the
-    published one in the registry.
+
+def published_sample_predictions(spec: ModelSpec) -> Mapping[str, tuple[float, float]] | None:
+    """The authors' published (benign, malignant) sample predictions per view that
+    ``triage validate published`` reproduces for ``spec``; ``None`` when this product has
+    no published-weights validation path for it (see :func:`verification_refusal`)."""
+    if spec.weights.git_blob_id is not None and (
+            spec.weights.published_repository == GMIC_REPOSITORY):
+        return PUBLISHED_GMIC_SAMPLE_PREDICTIONS
+    return None
+
+
+def verification_refusal(spec: ModelSpec) -> str | None:
+    """Why ``spec`` can never become ``verified_published`` here (``None``: it can).
+
+    Only GMIC has a published-weights validation path: the authors' README reports
+    per-view predictions for sample exam 0, whose four images ship with the fixtures.
+    DMV-CNN and 3D-GMIC have published files (their git blob ids are in the registry) but
+    no sample predictions this product can reproduce, so verifying them would be pretending.
     """
+    if published_sample_predictions(spec) is not None:
+        return None
+    repository = spec.weights.published_repository
+    if spec.weights.git_blob_id is None:
+        return (f"{spec.name} cannot become verified_published: the authors published no "
+                "weights for it, so there is no published file to authenticate and no "
+                "published prediction to reproduce; weights a site imports stay "
+                "imported_unverified.")
+    heatmaps_for = [other.name for other in list_specs()
+                    if other.extra.get(HEATMAPS_FROM) == spec.name]
+    if repository == DMV_REPOSITORY and heatmaps_for:
+        why = ("the authors publish no sample predictions of the patch classifier on its "
+               "own; its effect is only visible through the image-and-heatmaps model's "
+               "sample-exam predictions, which cannot be reproduced here (see "
+               f"{', '.join(heatmaps_for)}).")
+    elif repository == DMV_REPOSITORY:
+        why = ("the authors' published predictions for this model are breast-level results "
+               "on their breast_cancer_classifier sample exam 0, whose images are not the "
+               "GMIC sample images and are not available here, so this product cannot "
+               "reproduce them with this file.")
+    elif repository == GMIC3D_REPOSITORY:
+        why = ("no published sample predictions of the 3D-GMIC files, and no sample DBT exam "
+               "from the authors, are available here, so there is nothing published to "
+               "reproduce with this file.")
+    else:
+        why = "this product has no published-weights validation path for it."
+    return (f"{spec.name} cannot be verified by this installation (`triage validate "
+            f"published` supports only the GMIC models): {why} {_ADMIN_OPTIONS}")
+
+
+# ---------------------------------------------------------------------------
+# validation records
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidationComparison:
+    """One compared prediction: ``source`` (a model name, or ``ensemble`` for the mean of
+    the five), the view, the authors' published (benign, malignant) and this product's."""
+
+    source: str
+    view: str
+    expected: tuple[float, float]
+    actual: tuple[float, float]
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(abs(a - e) for a, e in zip(self.actual, self.expected, strict=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "view": self.view, "expected": list(self.expected),
+                "actual": list(self.actual), "max_abs_error": self.max_abs_error}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ValidationComparison:
+        expected, actual = data["expected"], data["actual"]
+        return cls(source=str(data["source"]), view=str(data["view"]),
+                   expected=(float(expected[0]), float(expected[1])),
+                   actual=(float(actual[0]), float(actual[1])))
+
+
+@dataclass(frozen=True)
+class PublishedValidation:
+    """What a passing ``triage validate published`` compared: a description, the source
+    whose predictions matched, and that source's comparisons (one per view)."""
+
+    compared: str
+    matched_source: str
+    comparisons: tuple[ValidationComparison, ...]
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """A successful ``triage validate published`` for one model and exactly one file.
+
+    ``tolerance`` is :data:`PUBLISHED_VALIDATION_TOLERANCE` when it was written; a record
+    with any other value is not honoured (see :func:`validation_problems`).
+    """
+
+    model: str
+    sha256: str
+    git_blob_id: str
+    tolerance: float
+    validated_at: str
+    compared: str
+    matched_source: str
+    comparisons: tuple[ValidationComparison, ...]
+    product_version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["comparisons"] = [c.to_json() for c in self.comparisons]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ValidationRecord:
+        try:
+            return cls(
+                model=str(data["model"]), sha256=str(data["sha256"]),
+                git_blob_id=str(data["git_blob_id"]), tolerance=float(data["tolerance"]),
+                validated_at=str(data["validated_at"]), compared=str(data["compared"]),
+                matched_source=str(data["matched_source"]),
+                comparisons=tuple(ValidationComparison.from_json(c)
+                                  for c in data["comparisons"]),
+                product_version=str(data.get("product_version", "")),
+            )
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise WeightsError(f"validation record {data!r} is invalid ({exc})") from exc
+
+
+def validation_problems(record: ValidationRecord, spec: ModelSpec) -> list[str]:
+    """Why ``record`` cannot verify the weights of ``spec`` (empty: it can)."""
+    refusal = verification_refusal(spec)
+    if refusal is not None:
+        return [refusal]
+    problems = []
+    if record.model != spec.name:
+        problems.append(f"the record is for model {record.model}, not {spec.name}")
+    if record.git_blob_id != spec.weights.git_blob_id:
+        problems.append(f"the record's git blob id {record.git_blob_id} is not the published "
+                        f"{spec.weights.git_blob_id}")
+    if record.tolerance != PUBLISHED_VALIDATION_TOLERANCE:
+        problems.append(f"the recorded tolerance {record.tolerance!r} is not the fixed "
+                        f"tolerance {PUBLISHED_VALIDATION_TOLERANCE!r}")
+    published = published_sample_predictions(spec) or {}
+    compared = [c for c in record.comparisons if c.source == record.matched_source]
+    if {c.view for c in compared} != set(published):
+        problems.append(f"the record does not compare every view ({', '.join(published)}) "
+                        f"for its matched source {record.matched_source!r}")
+    for c in compared:
+        if c.view in published and tuple(c.expected) != tuple(published[c.view]):
+            problems.append(f"{c.view}: recorded expected {c.expected} are not the published "
+                            f"{published[c.view]}")
+        if not c.max_abs_error <= PUBLISHED_VALIDATION_TOLERANCE:
+            problems.append(f"{c.view}: difference {c.max_abs_error:.2e} exceeds the fixed "
+                            f"tolerance {PUBLISHED_VALIDATION_TOLERANCE}")
+    return problems
+
+
+def validations_path(settings: Settings) -> Path:
+    return settings.models_dir / VALIDATIONS_NAME
+
+
+def read_validations(settings: Settings) -> list[ValidationRecord]:
+    """Every recorded published validation, oldest first (empty when there are none)."""
+    path = validations_path(settings)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        items = data["validations"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise WeightsError(
+            f"validation records {path} are unreadable ({exc}); restore the file, or delete "
+            "it and run `triage validate published` again (until then no weights are "
+            "verified_published)"
+        ) from exc
+    try:
+        return [ValidationRecord.from_json(item) for item in items]
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}; restore the file, or delete it and run `triage "
+                           "validate published` again") from exc
+
+
+def _append_validations(settings: Settings, records: Sequence[ValidationRecord]) -> None:
+    """Append records (caller holds the manifest lock)."""
+    payload = {"validations": [r.to_json()
+                               for r in (*read_validations(settings), *records)]}
+    _atomic_write(validations_path(settings), lambda handle: handle.write(
+        json.dumps(payload, indent=2).encode("utf-8")))
+
+
+def find_validation(records: Sequence[ValidationRecord], spec: ModelSpec, sha256: str
+                    ) -> tuple[ValidationRecord | None, list[str]]:
+    """The latest honoured record of ``spec`` for exactly ``sha256``, and why any other
+    record for that model and file was not honoured."""
+    ignored: list[str] = []
+    for record in reversed(records):
+        if record.model != spec.name or record.sha256 != sha256:
+            continue
+        problems = validation_problems(record, spec)
+        if not problems:
+            return record, ignored
+        ignored.append(f"record of {record.validated_at}: " + "; ".join(problems))
+    return None, ignored
+
+
+# ---------------------------------------------------------------------------
+# status, derived from the bytes
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatusAssessment:
+    """The status of a weight file and why; ``downgraded`` says why the manifest's claim
+    was not honoured (``None`` when it was, or when it claimed nothing special)."""
+
+    status: WeightsStatus
+    reason: str
+    claimed: WeightsStatus | None = None
+    digests: FileDigests | None = None
+    validation: ValidationRecord | None = None
+    downgraded: str | None = None
+
+
+def assess_status(spec: ModelSpec, claimed: WeightsStatus | None, digests: FileDigests | None,
+                  validation: ValidationRecord | None,
+                  is_demo: Callable[[], bool]) -> StatusAssessment:
+    """The status of a file from its digests (see the module docstring for the rules).
+
+    ``claimed`` is the manifest's status (``None``: no entry); ``digests`` those of the
+    bytes read (``None``: the file is missing); ``validation`` an honoured record for
+    exactly ``digests.sha256`` (:func:`find_validation`); ``is_demo`` says whether the
+    file's tensors are the model's seeded demo weights (called only for a demo claim).
+    """
+    if claimed is None:
+        return StatusAssessment(WeightsStatus.RANDOM, "no weights imported", claimed)
+    if digests is None:
+        return StatusAssessment(WeightsStatus.RANDOM, "the recorded weights file is missing; "
+                                "re-import it with `triage models import`", claimed)
+    published = spec.weights.git_blob_id
+    refusal = verification_refusal(spec)
+    if published is None:
+        why = "no published weights exist for this model"
+    elif digests.git_blob_id != published:
+        why = (f"its git blob id {digests.git_blob_id} is not that of the published file "
+               f"{spec.weights.published_repository} {spec.weights.published_path} "
+               f"({published})")
+    elif refusal is not None:
+        why = refusal
+    elif validation is None or validation.sha256 != digests.sha256:
+        why = ("it is the published file, but no successful `triage validate published` is "
+               f"recorded for sha256 {digests.sha256}")
+    else:
+        return StatusAssessment(
+            WeightsStatus.VERIFIED_PUBLISHED,
+            f"the published file {spec.weights.published_repository} "
+            f"{spec.weights.published_path} (git blob id {published}), validated "
+            f"{validation.validated_at} within {validation.tolerance} "
+            f"({validation.matched_source})", claimed, digests, validation)
+    if claimed is WeightsStatus.VERIFIED_PUBLISHED:
+        return StatusAssessment(
+            WeightsStatus.IMPORTED_UNVERIFIED, why, claimed, digests, None,
+            downgraded=(f"the models manifest claims verified_published for {spec.name}, "
+                        f"which does not hold ({why}); reported as imported_unverified"))
+    if claimed is WeightsStatus.SYNTHETIC_DEMO:
+        if is_demo():
+            return StatusAssessment(WeightsStatus.SYNTHETIC_DEMO, "seeded demo weights made "
+                                    "by this product (not a trained model)", claimed, digests)
+        return StatusAssessment(
+            WeightsStatus.IMPORTED_UNVERIFIED, why, claimed, digests, None,
+            downgraded=(f"the models manifest claims synthetic_demo for {spec.name}, but the "
+                        "file's tensors are not this model's seeded demo weights; reported "
+                        "as imported_unverified"))
+    return StatusAssessment(WeightsStatus.IMPORTED_UNVERIFIED, why, claimed, digests)
+
+
+def _assess(spec: ModelSpec, entry: ManifestEntry | None, digests: FileDigests | None,
+            settings: Settings, is_demo: Callable[[], bool]) -> StatusAssessment:
+    """:func:`assess_status` with the recorded validations; logs what is not honoured."""
+    record: ValidationRecord | None = None
+    if digests is not None and verification_refusal(spec) is None:
+        record, ignored = find_validation(read_validations(settings), spec, digests.sha256)
+        for problem in ignored:
+            logger.warning(f"validation record of {spec.name} not honoured: {problem}",
+                           extra={"model": spec.name, "sha256": digests.sha256,
+                                  "reason": problem})
+    assessment = assess_status(spec, entry.status if entry else None, digests, record, is_demo)
+    if assessment.downgraded:
+        logger.warning(assessment.downgraded,
+                       extra={"model": spec.name,
+                              "claimed": assessment.claimed.value if assessment.claimed else None,
+                              "status": assessment.status.value,
+                              "sha256": digests.sha256 if digests else None,
+                              "git_blob_id": digests.git_blob_id if digests else None})
+    return assessment
+
+
+def assess_weights(name: str, settings: Settings) -> StatusAssessment:
+    """The status of the weights the product would load for ``name``, from the file's bytes."""
+    spec = get_spec(name)
+    entry = read_manifest(settings).get(name)
     if entry is None:
-        return WeightsStatus.RANDOM
-    if entry.status is WeightsStatus.VERIFIED_PUBLISHED:
-        if spec.weights.git_blob_id is not None and entry.git_blob_id == spec.weights.git_blob_id:
-            return WeightsStatus.VERIFIED_PUBLISHED
-        return WeightsStatus.IMPORTED_UNVERIFIED
-    return entry.status
+        return _assess(spec, None, None, settings, lambda: False)
+    path = settings.models_dir / entry.file
+    if not path.is_file():
+        return _assess(spec, entry, None, settings, lambda: False)
+    data, digests = read_weights_file(path)
+
+    def is_demo() -> bool:
+        try:
+            state = state_from_bytes(data, path, spec.weights.state_dict_key)
+        except WeightsError:
+            return False
+        return _matches_demo(demo_state(spec), state)
+
+    return _assess(spec, entry, digests, settings, is_demo)
 
 
 def weights_status(name: str, settings: Settings) -> WeightsStatus:
     """The status of the weights the product would load for ``name``."""
-    return status_of(get_spec(name), read_manifest(settings).get(name))
+    return assess_weights(name, settings).status
 
 
 # ---------------------------------------------------------------------------
@@ -373,54 +757,97 @@ def import_weights(source: Path, name: str, settings: Settings) -> ImportResult:
 
 @dataclass(frozen=True)
 class VerifyResult:
+    """One manifest entry re-checked: its file's sha256 and the status its bytes give."""
+
     name: str
     file: str
     expected_sha256: str
     actual_sha256: str | None
     ok: bool
     reason: str = ""
+    status: WeightsStatus = WeightsStatus.RANDOM
+    status_reason: str = ""
+    refusal: str | None = None  # why this model can never be verified here
 
 
-def verify_weights(settings: Settings) -> list[VerifyResult]:
-    """Re-check the sha256 of every file in the manifest."""
+def verify_weights(settings: Settings, names: Sequence[str] | None = None
+                   ) -> list[VerifyResult]:
+    """Re-check the sha256 of every file in the manifest (or of ``names``) and derive each
+    one's status from its bytes (:func:`assess_weights`)."""
+    manifest = read_manifest(settings)
+    wanted = sorted(manifest) if names is None else [get_spec(n).name for n in names]
     results = []
-    for name, entry in sorted(read_manifest(settings).items()):
-        path = settings.models_dir / entry.file
-        if not path.is_file():
-            results.append(VerifyResult(name, entry.file, entry.sha256, None, False,
-                                        "file is missing"))
+    for name in wanted:
+        spec = get_spec(name)
+        refusal = verification_refusal(spec)
+        entry = manifest.get(name)
+        if entry is None:
+            results.append(VerifyResult(name, "", "", None, False, "no weights imported",
+                                        WeightsStatus.RANDOM, "no weights imported", refusal))
             continue
-        actual = file_digests(path).sha256
+        assessment = assess_weights(name, settings)
+        if assessment.digests is None:
+            results.append(VerifyResult(name, entry.file, entry.sha256, None, False,
+                                        "file is missing", assessment.status,
+                                        assessment.reason, refusal))
+            continue
+        actual = assessment.digests.sha256
         ok = actual == entry.sha256
         results.append(VerifyResult(name, entry.file, entry.sha256, actual, ok,
-                                    "" if ok else "sha256 differs from the imported file"))
+                                    "" if ok else "sha256 differs from the imported file",
+                                    assessment.status, assessment.reason, refusal))
     return results
 
 
-def mark_verified(names: list[str], settings: Settings) -> list[str]:
-    """Upgrade entries to ``verified_published`` after a successful published validation.
+def mark_verified(validated: Mapping[str, FileDigests], settings: Settings,
+                  validation: PublishedValidation) -> list[str]:
+    """Record a passing ``triage validate published`` for the files it evaluated.
 
-    Only entries whose file still has the recorded sha256 and whose git blob id equals
-    the registry's published blob id are upgraded; returns the names upgraded.
+    ``validated`` maps each evaluated model to the digests of the bytes it was evaluated
+    with. A :class:`ValidationRecord` (sha256, git blob id, the fixed tolerance, date, what
+    was compared) is written only for models whose evaluated file is the registry's
+    published file and that have a validation path; the comparisons must be within
+    :data:`PUBLISHED_VALIDATION_TOLERANCE`. The manifest's claimed status is updated too,
+    for people reading it; the status itself is always derived from the bytes. Returns the
+    names recorded.
     """
-    upgraded: list[str] = []
+    from triage import __version__
 
-    def change(entries: dict[str, ManifestEntry]) -> None:
-        for name in names:
+    now = _now()
+    records: list[ValidationRecord] = []
+    for name, digests in validated.items():
+        spec = get_spec(name)
+        if spec.weights.git_blob_id is None or digests.git_blob_id != spec.weights.git_blob_id:
+            continue
+        record = ValidationRecord(
+            model=name, sha256=digests.sha256, git_blob_id=digests.git_blob_id,
+            tolerance=PUBLISHED_VALIDATION_TOLERANCE, validated_at=now,
+            compared=validation.compared, matched_source=validation.matched_source,
+            comparisons=validation.comparisons, product_version=__version__)
+        problems = "; ".join(validation_problems(record, spec))
+        if problems:
+            logger.warning(f"published validation of {name} not recorded: {problems}",
+                           extra={"model": name, "sha256": digests.sha256, "reason": problems})
+            continue
+        records.append(record)
+    if not records:
+        return []
+    recorded = {r.model: r.sha256 for r in records}
+    with _manifest_lock(settings):
+        _append_validations(settings, records)
+        entries = read_manifest(settings)
+        for name, sha256 in recorded.items():
             entry = entries.get(name)
-            spec = get_spec(name)
-            if entry is None or spec.weights.git_blob_id is None:
-                continue
-            if entry.git_blob_id != spec.weights.git_blob_id:
-                continue
-            if file_digests(settings.models_dir / entry.file).sha256 != entry.sha256:
-                continue
-            entries[name] = dataclasses.replace(
-                entry, status=WeightsStatus.VERIFIED_PUBLISHED, verified_at=_now())
-            upgraded.append(name)
-
-    update_manifest(settings, change)
-    return upgraded
+            if entry is not None and entry.sha256 == sha256:
+                entries[name] = dataclasses.replace(
+                    entry, status=WeightsStatus.VERIFIED_PUBLISHED, verified_at=now)
+        _write_manifest(settings, entries)
+    for record in records:
+        logger.info("published validation recorded",
+                    extra={"model": record.model, "sha256": record.sha256,
+                           "git_blob_id": record.git_blob_id, "tolerance": record.tolerance,
+                           "matched_source": record.matched_source})
+    return [r.model for r in records]
 
 
 # ---------------------------------------------------------------------------
@@ -429,6 +856,30 @@ def mark_verified(names: list[str], settings: Settings) -> list[str]:
 def demo_seed(name: str) -> int:
     """Deterministic seed of a model's demo weights."""
     return int.from_bytes(hashlib.sha256(f"triage-demo:{name}".encode()).digest()[:4], "big")
+
+
+def _seeded_module(spec: ModelSpec) -> nn.Module:
+    """The model built under its demo seed (the demo weights, before float16 storage)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(demo_seed(spec.name))
+        return _instantiate(spec, {})
+
+
+def _as_stored(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def demo_state(spec: ModelSpec) -> dict[str, Tensor]:
+    """The tensors of ``spec``'s demo weights file, recomputed from :func:`demo_seed`."""
+    return _as_stored(_seeded_module(spec).state_dict())
+
+
+def _matches_demo(demo: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` holds exactly the demo tensors (keys, dtypes, shapes, values)."""
+    if demo.keys() != state.keys():
+        return False
+    return all(d.dtype == state[k].dtype and d.shape == state[k].shape
+               and torch.equal(d, state[k]) for k, d in demo.items())
 
 
 def ensure_demo_weights(settings: Settings, names: list[str] | None = None) -> list[ManifestEntry]:
@@ -450,11 +901,7 @@ def ensure_demo_weights(settings: Settings, names: list[str] | None = None) -> l
         if entry is not None and (entry.status is not WeightsStatus.SYNTHETIC_DEMO
                                   or (settings.models_dir / entry.file).is_file()):
             continue  # imported weights (even a missing file: `models verify` reports it)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(demo_seed(name))
-            module = _instantiate(spec, {})
-        state = {k: (v.half() if v.is_floating_point() else v)
-                 for k, v in module.state_dict().items()}
+        state = demo_state(spec)
         payload: Any = state
         if spec.weights.state_dict_key is not None:  # the published files' wrapping
             payload = {spec.weights.state_dict_key: state}
@@ -526,8 +973,10 @@ def load_member(name: str, settings: Settings, device: torch.device,
                 allow_uncalibrated: bool | None = None) -> LoadedModel:
     """Load the weights the manifest records for ``name`` onto ``device``, in eval mode.
 
-    Weights that are not ``verified_published`` (imported, demo, or none at all) load only
-    when ``allow_uncalibrated`` (default: ``Settings.allow_uncalibrated``) is true.
+    The file is read once; its sha256 must be the one imported, and its status is derived
+    from those bytes (:func:`assess_status`), whatever the manifest claims. Weights that
+    are not ``verified_published`` (imported, demo, or none at all) load only when
+    ``allow_uncalibrated`` (default: ``Settings.allow_uncalibrated``) is true.
     """
     spec = get_spec(name)
     if spec.extra.get(TESTING_ONLY) and not settings.testing:
@@ -536,35 +985,37 @@ def load_member(name: str, settings: Settings, device: torch.device,
             "it loads only with TRIAGE_TESTING=1 and never in a clinical configuration"
         )
     entry = read_manifest(settings).get(name)
-    status = status_of(spec, entry)
     allowed = settings.allow_uncalibrated if allow_uncalibrated is None else allow_uncalibrated
-    if status is not WeightsStatus.VERIFIED_PUBLISHED and not allowed:
-        what = {
-            WeightsStatus.RANDOM: "has no weights (import them with "
-                                  f"`triage models import FILE --as {name}`)",
-            WeightsStatus.SYNTHETIC_DEMO: "has synthetic demo weights only",
-            WeightsStatus.IMPORTED_UNVERIFIED: "has imported weights that are not verified "
-                                               "(run `triage validate published`)",
-        }[status]
-        raise WeightsError(
-            f"model {name} {what}; set {ALLOW_ENV} to run it anyway — its results are then "
-            "marked UNCALIBRATED / INVESTIGATIONAL and the exam is NOT TRIAGED"
-        )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(demo_seed(name))  # "random" weights are at least reproducible
-        module = _instantiate(spec, {})
+    consequence = (f"set {ALLOW_ENV} to run it anyway — its results are then marked "
+                   "UNCALIBRATED / INVESTIGATIONAL and the exam is NOT TRIAGED")
     if entry is None:
+        if not allowed:
+            raise WeightsError(f"model {name} has no weights (import them with `triage models "
+                               f"import FILE --as {name}`); {consequence}")
         raise WeightsError(
             f"model {name} has no weights file in {settings.models_dir}: import the published "
             f"file with `triage models import FILE --as {name}` (or run `triage serve --demo` "
             "for seeded demo weights); random weights are never used to score an exam"
         )
-    path: Path | None = settings.models_dir / entry.file
-    assert path is not None
-    sha256: str | None = load_weights(module, path, entry.sha256,
-                                      spec.weights.state_dict_key).sha256
+    module = _seeded_module(spec)  # "random" weights are at least reproducible
+    path = settings.models_dir / entry.file
+    data, digests = read_weights_file(path)
+    _check_sha256(path, digests, entry.sha256)
+    state = state_from_bytes(data, path, spec.weights.state_dict_key)
+    del data
+    assessment = _assess(spec, entry, digests, settings,
+                         lambda: _matches_demo(_as_stored(module.state_dict()), state))
+    status = assessment.status
+    if status is not WeightsStatus.VERIFIED_PUBLISHED and not allowed:
+        what = {
+            WeightsStatus.SYNTHETIC_DEMO: "has synthetic demo weights only",
+            WeightsStatus.IMPORTED_UNVERIFIED: "has imported weights that are not verified: "
+                                               f"{assessment.reason}",
+        }[status]
+        raise WeightsError(f"model {name} {what}; {consequence}")
+    load_state(module, state, str(path))
     module = module.float().to(device).eval()
     companions = tuple(_load_companion(spec, other, settings, device, allow_uncalibrated)
                        for other in companion_names(spec))
-    return LoadedModel(module=module, spec=spec, weights_status=status, sha256=sha256,
+    return LoadedModel(module=module, spec=spec, weights_status=status, sha256=digests.sha256,
                        path=path, companions=companions)
