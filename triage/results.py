@@ -159,6 +159,9 @@ class ExamResult:
     #: the images this result describes, with their content digests (``instances_digest`` is
     #: ``scored_set_digest`` of them); outputs are built from exactly these files
     scored_images: tuple[ScoredImage, ...] = ()
+    #: what the result does not cover (missing breast/view, failed view or member); a
+    #: non-empty tuple makes the result partial and keeps it off the priority levels
+    coverage_gaps: tuple[str, ...] = ()
 
     @property
     def verified(self) -> bool:

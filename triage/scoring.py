@@ -12,17 +12,20 @@ Rules (issue 5, the papers' rule):
   FFDM only is scored on FFDM as if the other classes were not configured);
 * exam triage score: the maximum malignant probability over breasts;
 * category: the first configured level whose ``min_score`` the score reaches; ``NOT
-  TRIAGED`` whenever a member's weights are not verified published weights.
+  TRIAGED`` whenever a member's weights are not verified published weights; an exam that
+  lacks coverage (``coverage_gaps``: a breast or standard view not scored, a view that
+  failed, a member that failed) never gets a priority level: ``NOT TRIAGED`` with the gaps
+  as the reason, or ``PARTIAL`` when the site's policy says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from triage.config import PriorityLevel
 from triage.errors import ScoringError
-from triage.vocabulary import NOT_TRIAGED, Laterality, View
+from triage.vocabulary import NOT_TRIAGED, PARTIAL, Laterality, View
 
 
 @dataclass(frozen=True)
@@ -168,16 +171,43 @@ def exam_score(breasts: Sequence[BreastProbability]) -> float:
     return max(b.p_malignant for b in breasts)
 
 
+STANDARD_VIEWS: tuple[tuple[Laterality, View], ...] = (
+    (Laterality.LEFT, View.CC), (Laterality.LEFT, View.MLO),
+    (Laterality.RIGHT, View.CC), (Laterality.RIGHT, View.MLO),
+)
+
+
+def missing_views(scored: Iterable[tuple[Laterality, View]]) -> list[str]:
+    """What a screening exam lacks among the four standard views, in words: a whole breast
+    ("no right breast (R-CC, R-MLO)") or single views ("L-MLO not scored")."""
+    have = set(scored)
+    gaps: list[str] = []
+    for lat, word in ((Laterality.LEFT, "left"), (Laterality.RIGHT, "right")):
+        lacking = [v for v in (View.CC, View.MLO) if (lat, v) not in have]
+        if len(lacking) == 2:
+            gaps.append(f"no {word} breast scored ({lat.value}-CC, {lat.value}-MLO)")
+        elif lacking:
+            gaps.append(f"{lat.value}-{lacking[0].value} not scored")
+    return gaps
+
+
 def categorise(score: float, levels: Sequence[PriorityLevel], *, verified: bool,
-               unverified_members: Sequence[str] = ()) -> Category:
-    """The worklist category for ``score``; NOT TRIAGED unless every member is verified."""
+               unverified_members: Sequence[str] = (), coverage_gaps: Sequence[str] = (),
+               partial_category: bool = False) -> Category:
+    """The worklist category for ``score``: NOT TRIAGED unless every member is verified;
+    for an exam with coverage gaps NOT TRIAGED (or PARTIAL with ``partial_category``) with
+    the gaps as the reason; else the first level the score reaches."""
+    partial = "partial exam: " + "; ".join(coverage_gaps) if coverage_gaps else ""
     if not verified:
         names = ", ".join(unverified_members) or "one or more members"
         return Category(
             NOT_TRIAGED,
             f"weights of {names} are not verified published weights (uncalibrated, "
-            "investigational): the score is shown to admins only",
+            "investigational): the score is shown to admins only"
+            + (f"; {partial}" if partial else ""),
         )
+    if coverage_gaps:
+        return Category(PARTIAL if partial_category else NOT_TRIAGED, partial)
     for level in levels:
         if score >= level.min_score:
             return Category(level.name, None)

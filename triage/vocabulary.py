@@ -86,3 +86,5 @@ class RunStatus(StrEnum):
 
 
 NOT_TRIAGED = "NOT TRIAGED"
+#: category of a verified run that lacks coverage, when TRIAGE_PARTIAL_POLICY=partial
+PARTIAL = "PARTIAL"

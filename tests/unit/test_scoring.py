@@ -58,3 +58,61 @@ def test_unverified_weights_give_not_triaged_with_reason() -> None:
     cat = categorise(0.99, LEVELS, verified=False, unverified_members=["gmic-resnet18-1"])
     assert cat.name == NOT_TRIAGED
     assert cat.reason is not None and "gmic-resnet18-1" in cat.reason
+
+
+def test_missing_views_names_a_missing_breast_and_single_views() -> None:
+    from triage.scoring import missing_views
+
+    assert missing_views([(L, CC), (L, MLO), (R, CC), (R, MLO)]) == []
+    assert missing_views([(L, CC), (L, MLO)]) == ["no right breast scored (R-CC, R-MLO)"]
+    assert missing_views([(L, CC), (R, CC), (R, MLO)]) == ["L-MLO not scored"]
+
+
+@pytest.mark.parametrize("score", [0.99, 0.3, 0.0])
+def test_partial_exam_never_gets_a_priority_level(score: float) -> None:
+    gaps = ["no right breast scored (R-CC, R-MLO)"]
+    cat = categorise(score, LEVELS, verified=True, coverage_gaps=gaps)
+    assert cat.name == NOT_TRIAGED
+    assert cat.reason == "partial exam: no right breast scored (R-CC, R-MLO)"
+    by_policy = categorise(score, LEVELS, verified=True, coverage_gaps=gaps, partial_category=True)
+    assert by_policy.name == "PARTIAL" and by_policy.reason == cat.reason
+
+
+def test_unverified_partial_exam_says_both_reasons() -> None:
+    cat = categorise(0.4, LEVELS, verified=False, unverified_members=["m"],
+                     coverage_gaps=["L-MLO not scored"])
+    assert cat.name == NOT_TRIAGED and cat.reason is not None
+    assert "m are not verified" in cat.reason and "partial exam: L-MLO not scored" in cat.reason
+
+
+def test_coverage_gaps_count_failed_views_and_members_that_had_images_only() -> None:
+    from pathlib import Path
+
+    from triage.pipeline.exam import coverage_gaps
+    from triage.pipeline.images import ExamImage
+    from triage.results import InputFrame, MemberInfo, ViewScore
+    from triage.vocabulary import WeightsStatus
+
+    def img(lat: Laterality, view: View) -> ExamImage:
+        return ExamImage(f"1.2.{lat.value}.{view.value}", "1.2.840", Path("x"), lat, view)
+
+    def score(member: str, image: ExamImage) -> ViewScore:
+        frame = InputFrame((4, 4), 0, 0, (4, 4), False, 0, 0, 0, 0, (4, 4))
+        return ViewScore(member, image.sop_instance_uid, "1.2.840", image.laterality, image.view,
+                         0.1, 0.2, None, None, frame)
+
+    def info(name: str, included: bool = True, reason: str | None = None) -> MemberInfo:
+        return MemberInfo(name, "1", "arch", "ffdm", 1.0, None, WeightsStatus.SYNTHETIC_DEMO,
+                          included, reason)
+
+    four = (img(L, CC), img(L, MLO), img(R, CC), img(R, MLO))
+    weights = {"ffdm": 1.0}
+    full = [score("a", i) for i in four]
+    # a DBT member with no DBT image is not a gap
+    assert coverage_gaps({"a": four, "dbt": ()}, [info("a"), info("dbt", False, "no dbt")],
+                         full, {}, weights) == []
+    # a view that failed to decode; a member that failed on its images
+    gaps = coverage_gaps({"a": four, "b": four}, [info("a"), info("b", False, "boom")],
+                         full[:3], {four[3].sop_instance_uid: "DecodeError: bad"}, weights)
+    assert gaps == ["R-MLO not scored", f"view R-MLO {four[3].sop_instance_uid} failed: "
+                    "DecodeError: bad", "member b failed: boom"]

@@ -46,6 +46,8 @@ def store_result(session: Session, study_id: int, result: ExamResult) -> Scoring
         "partial": result.partial,
         "notes": list(result.notes),
     }
+    run.partial = result.partial
+    run.coverage_gaps = list(result.coverage_gaps)
     run.error = None
     run.finished_at = utcnow()
     session.add(run)

@@ -22,7 +22,7 @@ from pydicom.sr.codedict import codes
 
 from triage.errors import InvalidDicom
 from triage.results import ExamResult, MemberInfo, RoiPatch, ViewScore
-from triage.vocabulary import NOT_TRIAGED, Laterality
+from triage.vocabulary import NOT_TRIAGED, PARTIAL, Laterality
 
 MANUFACTURER = "triage"
 MODEL_NAME = "triage AI worklist triage for screening mammography"
@@ -260,13 +260,31 @@ def contributing_equipment_item(result: ExamResult, institution_name: str = "") 
 
 
 def effective_category(result: ExamResult) -> tuple[str, str | None]:
-    """(category, reason): NOT TRIAGED whenever the run is not verified."""
+    """(category, reason): NOT TRIAGED whenever the run is not verified; NOT TRIAGED or
+    PARTIAL (the site's policy) with the gaps when the exam is not fully covered."""
     if not result.verified:
         reason = result.not_triaged_reason or _UNVERIFIED_REASON
         return NOT_TRIAGED, reason
-    if result.category == NOT_TRIAGED:
-        return NOT_TRIAGED, result.not_triaged_reason or "not triaged"
+    if result.category in (NOT_TRIAGED, PARTIAL):
+        return result.category, result.not_triaged_reason or "not triaged"
+    if result.coverage_gaps:  # never a priority level for a partial exam
+        return NOT_TRIAGED, "partial exam: " + "; ".join(result.coverage_gaps)
     return result.category, None
+
+
+def coverage_text(result: ExamResult) -> str | None:
+    """The coverage flag as shown in every output, or None for a fully covered exam."""
+    if result.coverage_gaps:
+        return "PARTIAL EXAM: " + "; ".join(result.coverage_gaps)
+    if result.partial:
+        return "PARTIAL EXAM: not every standard view was received in time"
+    return None
+
+
+def shows_scores(result: ExamResult) -> bool:
+    """Whether an image output may burn in scores: only for a triaged (verified, fully
+    covered) run; a NOT TRIAGED or PARTIAL score is for administrators only."""
+    return effective_category(result)[0] not in (NOT_TRIAGED, PARTIAL)
 
 
 def views_by_source(result: ExamResult) -> dict[str, list[ViewScore]]:

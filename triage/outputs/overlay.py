@@ -39,10 +39,12 @@ from triage.outputs.common import (
     UNCALIBRATED,
     contributing_equipment,
     copy_patient_and_study,
+    coverage_text,
     effective_category,
     roi_source_box,
     scored_sources,
     set_equipment,
+    shows_scores,
     stamp_times,
     views_by_source,
     weighted_members,
@@ -185,6 +187,7 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
                   slice_index: int | None, n_slices: int | None,
                   scale: float) -> list[tuple[str, tuple[int, int, int]]]:
     category, reason = effective_category(result)
+    scores = shows_scores(result)  # a NOT TRIAGED / PARTIAL score is for admins only
     view = views[0]
     lines: list[tuple[str, tuple[int, int, int]]] = [
         (f"{NOT_FOR_DIAGNOSIS} - investigational AI worklist triage overlay",
@@ -192,10 +195,15 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
     ]
     if not result.verified:
         lines.append((f"{UNCALIBRATED_WEIGHTS} - {UNCALIBRATED}", WARNING_RGB))
+    coverage = coverage_text(result)
+    if coverage:
+        lines.append((coverage, WARNING_RGB))
     lines.append((
-        f"{view.laterality.value} {view.view.value} | exam score {result.exam_score:.3f} | "
-        f"category {category}" + (f" ({reason})" if reason else ""), TEXT_RGB))
-    lines.append((f"this view: p(malignant) {pm:.3f}  p(benign) {pb:.3f}", TEXT_RGB))
+        f"{view.laterality.value} {view.view.value} | "
+        + (f"exam score {result.exam_score:.3f} | " if scores else "")
+        + f"category {category}" + (f" ({reason})" if reason else ""), TEXT_RGB))
+    if scores:
+        lines.append((f"this view: p(malignant) {pm:.3f}  p(benign) {pb:.3f}", TEXT_RGB))
     if slice_index is not None:
         total = f" of {n_slices}" if n_slices else ""
         lines.append((f"DBT slice {slice_index + 1}{total}", TEXT_RGB))
@@ -207,8 +215,9 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
         m = members.get(v.member)
         if m is not None:
             no_map = v.saliency_malignant is None and v.saliency_benign is None
-            lines.append((f"{m.name} {m.version} ({m.weights_status.value}): p(malignant) "
-                          f"{v.p_malignant:.3f} p(benign) {v.p_benign:.3f}"
+            probabilities = (f": p(malignant) {v.p_malignant:.3f} p(benign) {v.p_benign:.3f}"
+                             if scores else "")
+            lines.append((f"{m.name} {m.version} ({m.weights_status.value}){probabilities}"
                           + ("; no saliency map" if no_map else ""), TEXT_RGB))
     if scale < 1.0:
         lines.append((f"downscaled x{scale:.3f}", TEXT_RGB))
@@ -402,6 +411,9 @@ def build_overlay(
         f"green benign saliency, yellow ROI boxes; model set {result.model_set_version}"
     )[:1024]
     comments = f"{NOT_FOR_DIAGNOSIS}. {view_text}{slice_text}."
+    coverage = coverage_text(result)
+    if coverage:
+        comments = f"{coverage}. " + comments
     if not result.verified:
         comments = f"{UNCALIBRATED_WEIGHTS} - {UNCALIBRATED}. " + comments
     sc.ImageComments = comments

@@ -65,6 +65,7 @@ from triage.outputs.common import (
     box_polyline,
     contributing_equipment_item,
     copy_patient_and_study,
+    coverage_text,
     evidence_items,
     image_descriptors,
     is_multiframe,
@@ -356,6 +357,9 @@ def _detections(result: ExamResult, library: _Library) -> Dataset:
 def _analyses(result: ExamResult, library: _Library) -> Dataset:
     params = [f"TTA samples {result.tta_samples}",
               f"TTA seed {result.tta_seed if result.tta_seed is not None else 'none'}"]
+    coverage = coverage_text(result)
+    if coverage:
+        params.insert(0, coverage[:1024])
     if not result.verified:
         params.insert(0, UNCALIBRATED)
     analysis = _code(ANALYSIS_PERFORMED, INDIVIDUAL_ANALYSIS, _R.CONTAINS, [

@@ -55,6 +55,7 @@ from triage.outputs.common import (
     breast_code,
     contributing_equipment,
     copy_patient_and_study,
+    coverage_text,
     effective_category,
     image_descriptors,
     is_multiframe,
@@ -271,8 +272,9 @@ def _qualitative_evaluations(result: ExamResult) -> hd.sr.ContainerContentItem:
         if not m.included:
             items.append(_text(COMMENT, f"member {m.name} {m.version} excluded: "
                                         f"{m.failure_reason or 'failed'}"))
-    if result.partial:
-        items.append(_text(COMMENT, "partial result: not every view or member was scored"))
+    coverage = coverage_text(result)
+    if coverage:
+        items.append(_text(COMMENT, coverage))
     for note in result.notes:
         items.append(_text(COMMENT, note))
     container.ContentSequence = hd.sr.ContentSequence(items)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from triage.config import PartialPolicy
 from triage.errors import NothingToScore, ScoringError, TriageError
 from triage.imaging import sample_windows
 from triage.models import LoadedModel
@@ -31,7 +32,7 @@ from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs, SharedInputRunner
 from triage.pipeline.views2d import PrepareRequest, prepare_all
 from triage.results import BreastScore, ExamResult, MemberInfo, ScoredImage, ViewScore
-from triage.scoring import ViewProbability, categorise, combine_classes, exam_score
+from triage.scoring import ViewProbability, categorise, combine_classes, exam_score, missing_views
 from triage.vocabulary import ImageClass, WeightsStatus
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,35 @@ def class_notes(images: Sequence[ExamImage], ensemble: Ensemble,
             summary += f"; no {_listed(absent, 'or')} images"
         notes.insert(0, summary)
     return notes
+
+
+def coverage_gaps(per_member: dict[str, tuple[ExamImage, ...]], members: Sequence[MemberInfo],
+                  view_scores: Sequence[ViewScore], failed_views: dict[str, str],
+                  class_weights: dict[str, float]) -> list[str]:
+    """What this exam's result does not cover, in words an admin can act on: standard views
+    or a whole breast that no counted view score covers, views that could not be decoded or
+    prepared, members that failed on images they were given (a member with no image of its
+    modality is not a gap), and views a member was given but did not score."""
+    counted = [v for v in view_scores if class_weights.get(v.image_class, 0.0) > 0]
+    gaps = missing_views({(v.laterality, v.view) for v in counted})
+    by_uid = {img.sop_instance_uid: img for imgs in per_member.values() for img in imgs}
+    for uid, reason in failed_views.items():
+        img = by_uid.get(uid)
+        where = f"{img.laterality.value}-{img.view.value} " if img else ""
+        gaps.append(f"view {where}{uid} failed: {reason}")
+    for m in members:
+        given = [i for i in per_member.get(m.name, ()) if i.sop_instance_uid not in failed_views]
+        if not given:
+            continue
+        if not m.included:
+            gaps.append(f"member {m.name} failed: {m.failure_reason}")
+            continue
+        got = {v.sop_instance_uid for v in view_scores if v.member == m.name}
+        lost = sorted(f"{i.laterality.value}-{i.view.value}" for i in given
+                      if i.sop_instance_uid not in got)
+        if lost:
+            gaps.append(f"member {m.name} did not score {', '.join(lost)}")
+    return gaps
 
 
 def _run_members(ensemble: Ensemble, per_member: dict[str, tuple[ExamImage, ...]],
@@ -195,8 +225,11 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
     included = [m for m in member_infos if m.included]
     unverified = [m.name for m in included
                   if m.weights_status is not WeightsStatus.VERIFIED_PUBLISHED]
+    gaps = coverage_gaps(per_member, member_infos, view_scores, dict(prepared.failures),
+                         dict(settings.class_weights))
     category = categorise(score, settings.priorities, verified=not unverified,
-                          unverified_members=unverified)
+                          unverified_members=unverified, coverage_gaps=gaps,
+                          partial_category=settings.partial_policy is PartialPolicy.PARTIAL)
     notes: list[str] = []
     if any(p.lossy for p in prepared.by_request.values()):
         notes.append("lossy-compressed input images")
@@ -228,7 +261,8 @@ def score_exam(images: Sequence[ExamImage], ensemble: Ensemble, *,
         tta_seed=settings.tta_seed if settings.tta_samples else None,
         timings=timings,
         device=str(ensemble.device),
-        partial=partial,
+        partial=partial or bool(gaps),
+        coverage_gaps=tuple(gaps),
         notes=tuple(notes),
         scored_images=tuple(ScoredImage(img.sop_instance_uid, img.content_digest, str(img.path),
                                         img.image_class.value) for img in scored_images),
