@@ -10,21 +10,32 @@ from sqlalchemy.exc import OperationalError
 
 from triage.errors import DatabaseError
 
-#: migrations/ sits next to the package in a checkout; an installed wheel carries a copy.
-_CANDIDATES = (
-    Path(__file__).resolve().parents[2] / "migrations",
-    Path(__file__).resolve().parent / "migrations",
-)
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def migrations_dir() -> Path:
+    """The Alembic environment: ``migrations/`` of a checkout, else the wheel's copy.
+
+    In a checkout (editable install included) ``migrations/`` sits beside the package, next
+    to ``pyproject.toml``; the wheel installs the same files as ``triage/_migrations``
+    (setup.py). The ``pyproject.toml`` check keeps an unrelated top-level ``migrations``
+    directory in site-packages from being taken for ours.
+    """
+    checkout = _PACKAGE.parent
+    candidates = [checkout / "migrations"] if (checkout / "pyproject.toml").is_file() else []
+    candidates.append(_PACKAGE / "_migrations")
+    for location in candidates:
+        if (location / "env.py").is_file() and (location / "versions").is_dir():
+            return location
+    raise DatabaseError("Alembic migrations not found: looked in "
+                        + ", ".join(str(c) for c in candidates))
 
 
 def _config(url: str) -> Config:
-    for location in _CANDIDATES:
-        if (location / "env.py").exists():
-            cfg = Config()
-            cfg.set_main_option("script_location", str(location))
-            cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-            return cfg
-    raise DatabaseError("Alembic migrations directory not found next to the triage package")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
 
 
 def upgrade(url: str, revision: str = "head") -> None:
