@@ -6,10 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := dcmtk dicom3tools orthanc redis-server postgresql
 PYTEST_ARGS ?=
+# What `make run` runs after installing (README.md, "What `make run` shows");
+# tests/e2e/test_first_use.py runs `make run` and checks what this prints.
+RUN_COMMAND := $(BIN)/triage serve --demo
 
 .PHONY: run test install system-deps lint typecheck unit integration clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first, so the project's torch range never pulls a CUDA build.
@@ -30,10 +33,10 @@ system-deps:
 	fi
 
 run: install
-	$(BIN)/triage serve
+	$(RUN_COMMAND)
 
 lint: install
-	$(BIN)/ruff check triage workers tests benchmarks migrations
+	$(BIN)/ruff check triage workers tests benchmarks migrations setup.py
 
 typecheck: install
 	$(BIN)/mypy

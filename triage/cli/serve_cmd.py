@@ -2,7 +2,8 @@
 
 Listener + dispatcher/reconciler + embedded worker (no broker) + outbox sender. With
 ``--demo`` it also sends itself a synthetic exam once it answers C-ECHO, waits for the
-result and prints its worklist line and where the outputs went.
+result and prints its worklist line and where the outputs went. ``make run`` runs
+``triage serve --demo`` (README.md, "What `make run` shows").
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from triage.cli.demo_cmd import send_demo_exam
 from triage.cli.worklist_cmd import format_entry
 from triage.config import Destination, Settings, load_settings
 from triage.db import Database, OutboxItem, Study, migrate, queries
+from triage.delivery.outbox import LOCAL_DESTINATION
 from triage.dicom.echo import echo
 from triage.models import ensure_demo_weights
 from triage.pipeline import load_ensemble
@@ -32,6 +34,12 @@ from triage.service import Services
 
 log = logging.getLogger(__name__)
 FINAL = ("scored", "delivered", "failed", "skipped")
+#: the quiet period of a ``--demo`` process unless TRIAGE_QUIET_SECONDS (or the TOML file)
+#: sets one: the demo exam arrives in one association, so first use need not wait the
+#: product default (30 s). Only ``--demo`` changes it.
+DEMO_QUIET_SECONDS = 2.0
+_KIND_NAMES = {"sr_tid1500": "TID 1500 SR", "sr_mammo_cad": "Mammography CAD SR",
+               "sc_overlay": "overlay"}
 
 
 def _wait_for_echo(destination: Destination, timeout: float = 60.0) -> None:
@@ -40,19 +48,38 @@ def _wait_for_echo(destination: Destination, timeout: float = 60.0) -> None:
         if echo(destination, "TRIAGE_DEMO", timeout=2.0):
             return
         time.sleep(0.5)
+    typer.echo(f"error: our own listener did not answer C-ECHO on {destination} within "
+               f"{timeout:g} s", err=True)
     raise typer.Exit(1)
+
+
+def _what_went_where(items: list[tuple[str, str]], settings: Settings, study_uid: str) -> str:
+    """``<outputs>/<uid>/ (1 TID 1500 SR, 4 overlays)`` per destination, from the exam's
+    outbox rows as (destination, kind)."""
+    parts = []
+    for destination in sorted({d for d, _ in items}):
+        kinds = [k for d, k in items if d == destination]
+        order = [*_KIND_NAMES, *sorted(set(kinds) - set(_KIND_NAMES))]
+        counts = ", ".join(f"{kinds.count(k)} {_KIND_NAMES.get(k, k)}{'s' if kinds.count(k) > 1 else ''}"
+                           for k in order if k in kinds)
+        where = (f"{settings.outputs_dir / study_uid}/" if destination == LOCAL_DESTINATION
+                 else destination)
+        parts.append(f"{where} ({counts})")
+    return "; ".join(parts)
 
 
 def _report_demo(db: Database, settings: Settings, study_uid: str, stop: threading.Event) -> None:
     typer.echo(f"demo exam {study_uid} sent; waiting for the quiet period "
                f"({settings.quiet_seconds:g} s) and scoring...")
     status = ""
+    items: list[tuple[str, str]] = []
     while not stop.is_set():
         with db.session() as session:
             study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
             status = study.status if study else "receiving"
-            destinations = sorted({o.destination for o in session.scalars(
-                select(OutboxItem).where(OutboxItem.study_id == study.id))}) if study else []
+            if study is not None:
+                items = [(row.destination, row.kind) for row in session.execute(
+                    select(OutboxItem.destination, OutboxItem.kind).where(OutboxItem.study_id == study.id))]
         if status in FINAL and (status != "scored" or not settings.archive):
             break
         stop.wait(1.0)
@@ -64,9 +91,7 @@ def _report_demo(db: Database, settings: Settings, study_uid: str, stop: threadi
     typer.echo("worklist line for the demo exam:")
     for e in entries:
         typer.echo("  " + format_entry(e).replace("\n", "\n  "))
-    where = ", ".join(d.replace("local-folder", str(settings.outputs_dir / study_uid))
-                      for d in destinations)
-    typer.echo(f"results (SR + overlays) went to: {where or 'nowhere yet'}")
+    typer.echo(f"results went to: {_what_went_where(items, settings, study_uid) or 'nowhere yet'}")
 
 
 def serve(demo: bool = typer.Option(False, "--demo", help=(
@@ -80,7 +105,10 @@ def serve(demo: bool = typer.Option(False, "--demo", help=(
         settings.prepare_directories()
         migrate.upgrade(settings.resolved_database_url)
         if demo:
-            settings = load_settings(allow_uncalibrated=True)
+            demo_overrides: dict[str, object] = {"allow_uncalibrated": True}
+            if "quiet_seconds" not in settings.model_fields_set:
+                demo_overrides["quiet_seconds"] = DEMO_QUIET_SECONDS
+            settings = load_settings(**demo_overrides)
             created = ensure_demo_weights(settings)
             if created:
                 typer.echo(f"created seeded demo weights for {len(created)} member(s): their "
