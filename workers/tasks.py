@@ -45,13 +45,16 @@ def _load_models_in_child(**_kwargs: Any) -> None:
         log.exception("loading the ensemble at worker start failed")
 
 
-@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+             # Celery's own retry: transient errors (the pipeline released the exam first,
+             # so a retry is never counted as a worker loss), exponential backoff 5 s..5 min
+             autoretry_for=(TransientError,), retry_backoff=5, retry_backoff_max=300,
+             retry_jitter=True, max_retries=8)
 def score_study(task: Task, study_id: int) -> str:
-    """Score exam ``study_id`` (a database id: no patient identifier travels the broker)."""
+    """Score exam ``study_id`` (a database id: no patient identifier travels the broker).
+
+    After ``max_retries`` the task gives up; the exam stays `scoring` without an owner and
+    the reconciler sends it again later."""
     settings, db, ensemble = _runtime()
-    try:
-        return process_study(db, ensemble, study_id, Publisher(settings)).value
-    except TransientError as exc:
-        raise task.retry(exc=exc, countdown=min(300, 5 * 2 ** task.request.retries),
-                         max_retries=8) from exc
+    return process_study(db, ensemble, study_id, Publisher(settings)).value
 

@@ -173,3 +173,33 @@ def test_one_breast_exam_is_flagged_partial_in_the_db_both_srs_and_the_overlay(
         assert any(t.startswith("PARTIAL EXAM: no right breast") for t in _texts(sr)), kind
     overlay = pydicom.dcmread(archived[outputs[OutputKind.SC_OVERLAY.value]][1])
     assert "PARTIAL EXAM" in str(overlay.ImageComments)
+
+
+def test_shadow_mode_keeps_unverified_results_out_of_the_archive(tmp_path: Path) -> None:
+    """By default (TRIAGE_SEND_UNVERIFIED unset) a run with unverified weights is written to
+    the local outputs folder and the DB; the configured archive receives nothing."""
+    archive = ArchiveServer(root=tmp_path / "orthanc")
+    archive.root.mkdir()
+    archive.start()
+    port = free_port()
+    stack = Stack(tmp_path / "stack", extra_env={
+        "TRIAGE_ARCHIVE": _archive_address(archive), "TRIAGE_DICOM_PORT": str(port),
+        "TRIAGE_SEND_UNVERIFIED": "0"})
+    try:
+        assert not stack.settings.send_unverified
+        stack.spawn("serve")
+        _listener_up(stack, port)
+        uid, files = small_exam(tmp_path / "exam", seed=25)
+        _send(port, files)
+        wait_until(lambda: exam_status(stack.db, uid) == "delivered", 240, "delivered locally",
+                   stack.logs)
+        rows = _outbox(stack, uid)
+        assert rows and {r.destination for r in rows} == {"local-folder"}
+        for row in rows:
+            assert Path(row.path).is_file() and Path(row.path).is_relative_to(
+                stack.settings.outputs_dir)
+        assert archive.receipts() == {}
+        assert archive.get("/instances") == []
+    finally:
+        stack.close()
+        archive.destroy()

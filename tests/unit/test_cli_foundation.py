@@ -31,6 +31,17 @@ def test_config_show_prints_effective_settings_with_password_masked(
     assert shown["ae_title"] == "TRIAGE" and "hunter2" not in result.output
 
 
+def test_config_show_says_whether_shadow_mode_is_active(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown = json.loads(runner.invoke(app, ["config", "show"]).output)
+    assert shown["send_unverified"] is False
+    assert shown["modes"]["unverified_results"].startswith("shadow mode")
+    monkeypatch.setenv("TRIAGE_SEND_UNVERIFIED", "1")
+    shown = json.loads(runner.invoke(app, ["config", "show"]).output)
+    assert shown["modes"]["unverified_results"].startswith("sent to the archive")
+
+
 def test_config_show_fails_with_the_setting_named(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIAGE_DICOM_PORT", "99999")
     result = runner.invoke(app, ["config", "show"])
@@ -40,7 +51,7 @@ def test_config_show_fails_with_the_setting_named(env: Path, monkeypatch: pytest
 def test_db_upgrade_then_downgrade_to_base(env: Path) -> None:
     up = runner.invoke(app, ["db", "upgrade"])
     assert up.exit_code == 0, up.output
-    assert "revision 0001" in up.output
+    assert "revision 0002" in up.output
     down = runner.invoke(app, ["db", "downgrade", "base"])
     assert down.exit_code == 0 and "revision None" in down.output
 

@@ -192,3 +192,33 @@ def test_monochrome1_source_is_shown_with_bright_tissue_on_dark_background() -> 
     background = stored == stored.max()  # MONOCHROME1: the brightest stored value is air
     assert background.any() and (~background).any()
     assert gray[~background].mean() > gray[background].mean() + 50
+
+
+def test_a_not_triaged_or_partial_overlay_burns_in_no_score_and_shows_the_coverage_flag() -> None:
+    """The README's promise: a NOT TRIAGED score is shown to administrators only, so the
+    overlay of such a run shows the map and the category, never a number; a partial exam
+    says so in the legend and the Image Comments."""
+    import dataclasses
+
+    from triage.config import load_settings
+    from triage.outputs import build_overlays
+
+    def legend(result: object, fx: object) -> list[str]:
+        uid = fx.result.views[0].sop_instance_uid  # type: ignore[attr-defined]
+        source = next(s for s in fx.sources if str(s.SOPInstanceUID) == uid)  # type: ignore[attr-defined]
+        return render_overlay(result, source, fx.pixels[uid]).legend  # type: ignore[arg-type,attr-defined]
+
+    verified = build_exam_fixture(verified=True)
+    shown = " ".join(legend(verified.result, verified))
+    assert "exam score" in shown and "p(malignant)" in shown
+    unverified = build_exam_fixture(verified=False)
+    hidden = " ".join(legend(unverified.result, unverified))
+    assert "NOT TRIAGED" in hidden
+    assert "exam score" not in hidden and "p(malignant)" not in hidden
+    gaps = ("no right breast scored (R-CC, R-MLO)",)
+    partial = dataclasses.replace(verified.result, coverage_gaps=gaps, partial=True)
+    lines = legend(partial, verified)
+    assert "PARTIAL EXAM: no right breast scored (R-CC, R-MLO)" in lines
+    assert "exam score" not in " ".join(lines)
+    sc = build_overlays(partial, verified.sources, verified.pixels, load_settings())[0]
+    assert str(sc.ImageComments).startswith("PARTIAL EXAM: no right breast")

@@ -89,3 +89,23 @@ def test_instance_digest_ignores_order_and_duplicates() -> None:
     uids = build_exam_fixture(seed=4).result.scored_sop_instance_uids
     assert digest_instances(uids) == digest_instances(tuple(reversed(uids)) + uids[:1])
     assert digest_instances(uids) != digest_instances(uids[1:])
+
+
+def test_a_corrected_image_under_the_same_uid_gives_a_new_run_key_and_new_uids() -> None:
+    """Runs and output UIDs are keyed by content: same SOP Instance UIDs, one image's bytes
+    corrected -> another run key, and no output UID in common."""
+    from pathlib import Path
+
+    from triage.pipeline import ExamImage, instances_digest
+    from triage.vocabulary import Laterality, View
+
+    result = build_exam_fixture(seed=3).result
+    uids = result.scored_sop_instance_uids
+    images = [ExamImage(u, "1.2.840.10008.5.1.4.1.1.1.2", Path(f"{u}.dcm"), Laterality.LEFT,
+                        View.CC, content_digest=f"sha-{i}") for i, u in enumerate(uids)]
+    corrected = [dataclasses.replace(images[0], content_digest="sha-corrected"), *images[1:]]
+    assert instances_digest(images) == instances_digest(list(reversed(images)))
+    assert instances_digest(images) != instances_digest(corrected)
+    before = dataclasses.replace(result, instances_digest=instances_digest(images))
+    after = dataclasses.replace(result, instances_digest=instances_digest(corrected))
+    assert set(_all(plan_uids(ROOT, before))).isdisjoint(_all(plan_uids(ROOT, after)))

@@ -105,7 +105,10 @@ def serve(demo: bool = typer.Option(False, "--demo", help=(
         settings.prepare_directories()
         migrate.upgrade(settings.resolved_database_url)
         if demo:
-            demo_overrides: dict[str, object] = {"allow_uncalibrated": True}
+            # the demo's results are unverified by design; it delivers them wherever the
+            # operator configured (the local outputs folder by default)
+            demo_overrides: dict[str, object] = {"allow_uncalibrated": True,
+                                                 "send_unverified": True}
             if "quiet_seconds" not in settings.model_fields_set:
                 demo_overrides["quiet_seconds"] = DEMO_QUIET_SECONDS
             settings = load_settings(**demo_overrides)
