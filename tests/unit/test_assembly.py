@@ -277,7 +277,7 @@ def test_corrected_header_is_a_new_version_even_with_equal_pixels(site: Site) ->
     ds = mg_header("L", "CC")
     site.send(ds, T0)
     corrected = mg_header("L", "CC", study_uid=ds.StudyInstanceUID, sop_uid=ds.SOPInstanceUID,
-                          PatientID="P1-CORRECTED")
+                          SeriesDescription="L CC (corrected)")
     assert site.send(corrected, T0 + timedelta(seconds=1)).new_version
 
 

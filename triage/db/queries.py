@@ -47,6 +47,7 @@ class ExamSummary:
     last_received_at: str
     exam_score: float | None = None
     category: str | None = None
+    hold_reason: str | None = None  # why the exam is held (needs an admin)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +81,7 @@ def _summary(session: Session, study: Study) -> ExamSummary:
         last_received_at=study.last_received_at.isoformat(),
         exam_score=run.exam_score if run else None,
         category=run.category if run else None,
+        hold_reason=study.hold_reason,
     )
 
 

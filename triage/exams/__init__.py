@@ -1,5 +1,6 @@
 """The exam lifecycle: grouping instances into exams (``grouping``), the header fields kept
-(``headers``), the chosen image set (``chosen``), re-open rules (``reopen``), recording one
+(``headers``), patient identity checks (``identity``), held exams and their release
+(``hold``), the chosen image set (``chosen``), re-open rules (``reopen``), recording one
 stored instance (``recording``) and readiness (``readiness``).
 
 It knows the database and DICOM headers, never torch or the network: the service binds the

@@ -18,6 +18,7 @@ from triage.config import GroupBy, Settings
 from triage.db.models import StatusChange, Study
 from triage.errors import DatabaseError
 from triage.exams.headers import StudyHeader
+from triage.exams.identity import PatientIdentity, adopted_identity
 from triage.vocabulary import ExamStatus
 
 logger = logging.getLogger(__name__)
@@ -97,10 +98,16 @@ def get_or_create_study(session: Session, settings: Settings, header: StudyHeade
 
 
 def update_study_header(study: Study, header: StudyHeader) -> None:
+    """Fill the exam's attributes from an accepted image (never from one whose patient
+    identity conflicts with the exam: ``identity``)."""
     if header.accession_number and header.accession_number not in study.accession_numbers:
         study.accession_numbers = [*study.accession_numbers, header.accession_number]
-    for field in ("issuer_of_accession", "patient_id", "issuer_of_patient_id", "study_date",
-                  "study_time", "timezone_offset", "study_description"):
+    exam = PatientIdentity(study.patient_id, study.issuer_of_patient_id)
+    patient = adopted_identity(exam, PatientIdentity.of_header(header))
+    if patient != exam:
+        study.patient_id, study.issuer_of_patient_id = patient.patient_id, patient.issuer
+    for field in ("issuer_of_accession", "study_date", "study_time", "timezone_offset",
+                  "study_description"):
         if getattr(study, field) is None and getattr(header, field):
             setattr(study, field, getattr(header, field))
     new_codes = [c for c in header.procedure_codes if c not in study.procedure_codes]

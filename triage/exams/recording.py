@@ -1,11 +1,17 @@
 """Recording one spooled instance in its exam (the listener's store handler, bound by the
-service): grouping, duplicates and versions, the chosen set, re-opens.
+service): grouping, duplicates and versions, patient identity, the chosen set, re-opens.
 
 Duplicates: identical dataset bytes, or the same canonical content in another transfer
 syntax (:mod:`triage.dicom.content`), add no row (an audit event instead; the caller may
 delete its spooled copy). Different content under a known SOP Instance UID is a new version:
 older versions are marked superseded and the newest is used. Loopback instances (our own
-outputs) are recorded and never re-open anything."""
+outputs) are recorded and never re-open anything.
+
+Patient identity (rules in :mod:`triage.exams.identity`): an image whose Patient ID / Issuer
+conflicts with its exam's patient, or with a stored version of its SOP Instance UID, is
+kept (row and bytes; the sender is answered success) but never scorable, never chosen and
+never supersedes anything; the exam is held (:mod:`triage.exams.hold`) until an admin
+releases it. Images that arrive for a held exam are recorded; the release assembles them."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from pathlib import Path
 from typing import cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from triage.config import Settings
@@ -41,6 +47,15 @@ from triage.exams.chosen import (
 )
 from triage.exams.grouping import get_or_create_study, update_study_header
 from triage.exams.headers import StudyHeader, acquisition_datetime, clip, int_or_none
+from triage.exams.hold import hold
+from triage.exams.identity import (
+    CONFLICT_PREFIX,
+    EVENT_IDENTITY_CONFLICT,
+    IdentityConflict,
+    PatientIdentity,
+    find_conflict,
+    hold_reason,
+)
 from triage.exams.reopen import EVENT_PENDING_CHANGE, REOPENABLE, reopen
 from triage.vocabulary import ExamStatus
 
@@ -119,6 +134,43 @@ def _concurrent_duplicate(session: Session, sop_uid: str, stored: StoredObject) 
                          new_version=False, reopened=False)
 
 
+def _reason(conflict: IdentityConflict | None, classification: Classification) -> str | None:
+    """Why the image is not scored: a patient identity conflict first, then its classification."""
+    if conflict is None:
+        return classification.reason
+    return "; ".join(r for r in (conflict.reason, classification.reason) if r)
+
+
+def _record_conflict(session: Session, study: Study, instance: Instance,
+                     conflict: IdentityConflict, stored: StoredObject, priors: Sequence[Instance],
+                     *, association_id: int | None, calling_ae: str | None,
+                     now: datetime) -> IngestOutcome:
+    """Keep an image whose patient identity conflicts (unscorable, superseding nothing),
+    audit it and hold its exam. Log lines name UIDs only, never patient identifiers."""
+    sop_uid = instance.sop_instance_uid
+    if not flush_new(session, instance):
+        return _concurrent_duplicate(session, sop_uid, stored)
+    study.last_received_at = max(study.last_received_at, now)
+    session.add(AuditEvent(at=now, kind=EVENT_IDENTITY_CONFLICT, study_id=study.id,
+                           sop_instance_uid=sop_uid,
+                           detail={"conflict": conflict.kind.value, "instance_id": instance.id,
+                                   "existing": conflict.existing.as_dict(),
+                                   "incoming": conflict.incoming.as_dict(),
+                                   "stored_version_ids": [p.id for p in priors],
+                                   "exam_status": study.status, "calling_ae": calling_ae,
+                                   "association_id": association_id}))
+    excluded = session.scalar(select(func.count()).select_from(INSTANCES).where(
+        INSTANCES.c.study_id == study.id,
+        INSTANCES.c.reason.startswith(CONFLICT_PREFIX, autoescape=True)))
+    hold(session, study, hold_reason(study.study_instance_uid, conflict, sop_uid,
+                                     int(excluded or 0)), now)
+    logger.warning("patient identity conflict: image kept unscorable, exam held",
+                   extra={"study_uid": study.study_instance_uid, "sop_instance_uid": sop_uid,
+                          "conflict": conflict.kind.value})
+    return IngestOutcome(study_id=study.id, instance_id=instance.id, duplicate=False,
+                         new_version=bool(priors), reopened=False)
+
+
 def record_instance(
     session: Session,
     settings: Settings,
@@ -165,9 +217,13 @@ def record_instance(
         return IngestOutcome(study_id=prior.study_id, instance_id=None, duplicate=True,
                              new_version=False, reopened=False)
 
+    patient = PatientIdentity.of_header(study_header)
+    conflict = None if classification.loopback else find_conflict(
+        PatientIdentity(study.patient_id, study.issuer_of_patient_id), patient, priors)
     new_version = bool(priors)
-    for prior in priors:
-        prior.superseded = True
+    if conflict is None:
+        for prior in priors:
+            prior.superseded = True
     instance = Instance(
         study_id=study.id,
         association_id=association_id,
@@ -180,8 +236,8 @@ def record_instance(
         view=(classification.view.value if classification.view
               else clip(classification.view_label, 8)),
         laterality=classification.laterality.value if classification.laterality else None,
-        scorable=classification.scorable and not classification.loopback,
-        reason=classification.reason,
+        scorable=classification.scorable and not classification.loopback and conflict is None,
+        reason=_reason(conflict, classification),
         chosen=False,
         superseded=False,
         loopback=classification.loopback,
@@ -196,7 +252,12 @@ def record_instance(
         acquisition_datetime=acquisition_datetime(header),
         calling_ae=calling_ae,
         received_at=now,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer,
     )
+    if conflict is not None:
+        return _record_conflict(session, study, instance, conflict, stored, priors,
+                                association_id=association_id, calling_ae=calling_ae, now=now)
     if not new_version and not classification.loopback \
             and ExamStatus(study.status) is ExamStatus.RECEIVING:  # the common case
         update_study_header(study, study_header)
@@ -231,6 +292,8 @@ def record_instance(
     reopened = False
     if status is ExamStatus.RECEIVING:
         apply_chosen(session, study, study_instances(session, study.id), now, instance.id)
+    elif status is ExamStatus.HELD:
+        pass  # recorded; the release applies the chosen-set rules to everything held
     elif instance.scorable:
         instances = study_instances(session, study.id)
         if set_digest(chosen_winners(instances)) != study.chosen_set_digest:
