@@ -48,6 +48,7 @@ class Exam:
     partial: bool = False
     skip: str | None = None
     failure: str | None = None
+    hold: str | None = None
     delivered_age_minutes: int | None = None  # default: 10 minutes after arrival
 
     @property
@@ -70,6 +71,7 @@ def add_exams(session: Session, exams: list[Exam]) -> None:
             "id": sid, "grouping_key": e.uid, "study_instance_uid": e.uid,
             "accession_numbers": [f"A{e.uid}"], "patient_id": f"P{sid}", "status": e.status,
             "partial": e.partial, "skip_reason": e.skip, "failure_reason": e.failure,
+            "hold_reason": e.hold,
             "first_received_at": e.received, "last_received_at": e.received + timedelta(minutes=1),
             "scored_at": e.received + timedelta(minutes=6) if e.status in RESULT_STATES else None,
             "delivered_at": delivered,
@@ -78,7 +80,7 @@ def add_exams(session: Session, exams: list[Exam]) -> None:
             runs.append({
                 "study_id": sid, "model_set_version": r.model_set, "instances_digest": f"{e.uid}-{k}",
                 "status": r.status, "category": r.category, "exam_score": r.score,
-                "not_triaged_reason": r.reason, "details": {"partial": r.partial},
+                "not_triaged_reason": r.reason, "partial": r.partial,
                 "started_at": e.received + timedelta(minutes=r.minutes_after_arrival + k),
             })
     session.execute(insert(Study), studies)
@@ -163,6 +165,15 @@ def test_not_triaged_entries_say_why(db: Database) -> None:
     assert entries["failed"].reason == "scoring failed: decode error"
     assert entries["failed"].score is None
     assert entries["high.new"].reason is None
+
+
+def test_a_held_exam_is_listed_with_the_reason_an_admin_acts_on(db: Database) -> None:
+    with db.session() as s:
+        add_exams(s, [Exam("held", "held", 500, [Run("HIGH", 0.9)],
+                           hold="patient identity conflict: run triage exams release")])
+    entry = by_uid(read(db))["held"]
+    assert entry.category == "NOT TRIAGED" and entry.score is None
+    assert entry.reason == "held for an admin: patient identity conflict: run triage exams release"
 
 
 def test_latest_run_decides_the_category(db: Database) -> None:

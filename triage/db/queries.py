@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, aliased
 
 from triage.db.models import Instance, ScoringRun, StatusChange, Study, utcnow
 from triage.errors import TriageError, UnknownStudy
-from triage.vocabulary import NOT_TRIAGED, ExamStatus, RunStatus
+from triage.vocabulary import NOT_TRIAGED, PARTIAL, ExamStatus, RunStatus
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,6 @@ def exam_detail(session: Session, study_instance_uid: str) -> dict[str, Any]:
 DEFAULT_RECENT = timedelta(hours=24)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-#: Category of a run scored on an incomplete exam when TRIAGE_PARTIAL_POLICY=partial.
-PARTIAL = "PARTIAL"
 _FINISHED = (ExamStatus.DELIVERED.value, ExamStatus.SKIPPED.value)
 _WITH_RESULT = (ExamStatus.SCORED.value, ExamStatus.DELIVERED.value)
 _STATUSES = tuple(s.value for s in ExamStatus)
@@ -258,7 +256,10 @@ def _decode_cursor(text: str) -> tuple[int, datetime, int]:
         "or leave it out for the first page")
 
 
-def _not_triaged_reason(status: str, skip_reason: str | None, failure_reason: str | None) -> str:
+def _not_triaged_reason(status: str, skip_reason: str | None, failure_reason: str | None,
+                        hold_reason: str | None = None) -> str:
+    if status == ExamStatus.HELD.value:
+        return f"held for an admin: {hold_reason}"
     if status == ExamStatus.SKIPPED.value:
         return f"skipped: {skip_reason}"
     if status == ExamStatus.FAILED.value:
@@ -298,7 +299,8 @@ def worklist(session: Session, priority_names: Sequence[str],
         shown.append(Study.study_instance_uid == request.study_instance_uid)
     exams = select(
         Study.id, Study.study_instance_uid, Study.accession_numbers, Study.status, Study.partial,
-        Study.skip_reason, Study.failure_reason, Study.first_received_at, Study.last_received_at,
+        Study.skip_reason, Study.failure_reason, Study.hold_reason, Study.first_received_at,
+        Study.last_received_at,
         Study.scored_at, Study.delivered_at, latest_run_id.label("run_id"),
     ).where(*shown).subquery("exams")
     run = aliased(ScoringRun, name="latest_run")
@@ -308,7 +310,7 @@ def worklist(session: Session, priority_names: Sequence[str],
     ranked = (
         select(exams, rank.label("rank"), run.status.label("run_status"),
                run.category.label("run_category"), run.exam_score, run.not_triaged_reason,
-               run.model_set_version, run.details["partial"].as_boolean().label("run_partial"))
+               run.model_set_version, run.partial.label("run_partial"))
         .select_from(exams).outerjoin(run, run.id == exams.c.run_id).subquery("worklist")
     )
     in_category = [] if request.category is None else [ranked.c.rank == order.index(request.category)]
@@ -342,11 +344,13 @@ def worklist(session: Session, priority_names: Sequence[str],
                 f"the latest run's category {r.run_category!r} is not one of TRIAGE_PRIORITIES "
                 f"({', '.join(order[:-2])})")
         else:
-            reason = _not_triaged_reason(r.status, r.skip_reason, r.failure_reason)
+            reason = _not_triaged_reason(r.status, r.skip_reason, r.failure_reason, r.hold_reason)
         entries.append(WorklistEntry(
             study_instance_uid=r.study_instance_uid,
             accession_numbers=tuple(r.accession_numbers or ()), status=r.status,
-            category=category, reason=reason, score=r.exam_score if succeeded else None,
+            category=category, reason=reason,
+            # a held exam's earlier result is in doubt until an admin resolves the hold
+            score=r.exam_score if succeeded and r.status != ExamStatus.HELD.value else None,
             partial=bool(r.partial) or bool(r.run_partial), model_set_version=r.model_set_version,
             first_received_at=r.first_received_at, last_received_at=r.last_received_at,
             scored_at=r.scored_at, delivered_at=r.delivered_at,
