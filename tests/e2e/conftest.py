@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import postgres_server, postgres_url, redis_server
-from tests.servers import OrthancServer, fail_missing_tool_skip
+from tests.servers import OrthancServer
 
 __all__ = ["ArchiveServer", "postgres_server", "postgres_url", "redis_server"]
 
@@ -28,15 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """In CI a test skipped for a missing tool fails instead (tests/servers.py)."""
-    report = yield
-    fail_missing_tool_skip(report)
-    return report
 
 
 class ArchiveServer(OrthancServer):

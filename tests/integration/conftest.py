@@ -8,25 +8,17 @@ A server or tool that is not installed skips the tests needing it, except in CI
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import OrthancServer, PostgresServer, RedisServer, fail_missing_tool_skip
+from tests.servers import OrthancServer, PostgresServer, RedisServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    fail_missing_tool_skip(report)
-    return report
 
 
 @pytest.fixture(scope="session")

@@ -145,12 +145,7 @@ def read_weights_file(path: Path) -> tuple[bytes, FileDigests]:
 # ---------------------------------------------------------------------------
 def read_state_dict(path: Path, state_dict_key: str | None = None) -> dict[str, Tensor]:
     """``torch.load(weights_only=True)`` on CPU; unwraps ``{state_dict_key: ...}``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise WeightsError(f"weights file {path} does not exist") from exc
-    except OSError as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from exc
+    data, _ = read_weights_file(path)
     return state_from_bytes(data, path, state_dict_key)
 
 
