@@ -25,6 +25,7 @@ from torch import nn
 from triage.errors import ModelError
 from triage.models.densenet import DenseNet, DenseNetConfig
 from triage.models.dmv_cnn import DMV_INPUT_SIZE, DMVConfig, build_dmv_cnn
+from triage.models.glimpsenet_specs import glimpsenet_specs
 from triage.models.gmic import GMIC, GMICConfig
 from triage.models.gmic3d import GMIC3D, GMIC3D_SLICE_SHAPE, GMIC3DConfig
 from triage.vocabulary import View
@@ -425,6 +426,7 @@ def _catalogue() -> dict[str, ModelSpec]:
     specs.append(_gmic3d_testing())
     specs += _dmv_specs()
     specs.append(_dmv_testing())
+    specs += glimpsenet_specs()
     return {spec.name: spec for spec in specs}
 
 
