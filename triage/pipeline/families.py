@@ -11,6 +11,7 @@ from __future__ import annotations
 from triage.errors import ConfigError
 from triage.models import ModelSpec
 from triage.pipeline.dmv import DMV
+from triage.pipeline.glimpse import GLIMPSE_RUNNERS
 from triage.pipeline.gmic2d import GMIC_2D
 from triage.pipeline.runners import MemberRunner
 from triage.pipeline.tomo import TOMO
@@ -24,6 +25,7 @@ RUNNERS: dict[str, MemberRunner] = {
     "gmic3d-testing": TOMO,
     "breast_cancer_classifier": DMV,
     "breast_cancer_classifier-testing": DMV,
+    **GLIMPSE_RUNNERS,
 }
 
 #: member modality -> the image classes its members score
