@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from triage.errors import ModelError
+from triage.models.allconv_specs import allconv_specs
 from triage.models.densenet import DenseNet, DenseNetConfig
 from triage.models.dmv_cnn import DMV_INPUT_SIZE, DMVConfig, build_dmv_cnn
 from triage.models.glimpsenet_specs import glimpsenet_specs
@@ -426,6 +427,7 @@ def _catalogue() -> dict[str, ModelSpec]:
     specs.append(_gmic3d_testing())
     specs += _dmv_specs()
     specs.append(_dmv_testing())
+    specs += allconv_specs()
     specs += glimpsenet_specs()
     return {spec.name: spec for spec in specs}
 
