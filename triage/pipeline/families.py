@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from triage.errors import ConfigError
 from triage.models import ModelSpec
+from triage.pipeline.allconv import ALLCONV
 from triage.pipeline.dmv import DMV
 from triage.pipeline.glimpse import GLIMPSE_RUNNERS
 from triage.pipeline.gmic2d import GMIC_2D
@@ -25,6 +26,8 @@ RUNNERS: dict[str, MemberRunner] = {
     "gmic3d-testing": TOMO,
     "breast_cancer_classifier": DMV,
     "breast_cancer_classifier-testing": DMV,
+    "allconv": ALLCONV,
+    "allconv-testing": ALLCONV,
     **GLIMPSE_RUNNERS,
 }
 
