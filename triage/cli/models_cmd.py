@@ -79,7 +79,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
 @app.command("import")
 def import_cmd(
-    file: Path = typer.Argument(..., help="Weights file (a PyTorch state_dict)."),
+    file: Path = typer.Argument(..., help="Weights file: a PyTorch state_dict, or a Keras "
+                                "HDF5 model (.h5) for the allconv-* models (converted first)."),
     name: str = typer.Option(..., "--as", help="Registered model name, e.g. gmic-resnet18-1."),
 ) -> None:
     """Copy a weights file into the models directory, after checking its keys and shapes."""

@@ -701,11 +701,16 @@ def import_weights(source: Path, name: str, settings: Settings) -> ImportResult:
 
     Refuses (WeightsError) a file that cannot be read with ``weights_only=True`` or whose
     keys/shapes differ from the model. The entry is ``imported_unverified`` until
-    ``triage validate published`` succeeds.
+    ``triage validate published`` succeeds. A Keras HDF5 file (the all-conv authors'
+    format) is converted first (:mod:`triage.models.keras_convert`).
     """
     spec = get_spec(name)
     if not source.is_file():
         raise WeightsError(f"weights file {source} does not exist")
+    from triage.models import keras_convert  # imports this module: imported when needed
+
+    if keras_convert.is_hdf5(source):
+        return keras_convert.import_keras_weights(source, name, settings)
     digests = file_digests(source)
     for other in list_specs():
         if other.name != name and other.weights.git_blob_id == digests.git_blob_id:
