@@ -8,7 +8,7 @@ so every layer may use it. No torch here: arrays are numpy.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +80,7 @@ class ViewScore:
     sop_class_uid: str
     laterality: Laterality
     view: View
-    p_benign: float
+    p_benign: float | None  # None: the member does not estimate benign findings
     p_malignant: float
     # float32 (h, w) maps on the model-input grid (any resolution spanning the input);
     # None for a member that produces no saliency (DMV-CNN image-only): the outputs then
@@ -113,9 +113,19 @@ class BreastScore:
     """Per-breast probabilities: the ensemble value and each member's."""
 
     laterality: Laterality
-    p_benign: float
+    p_benign: float | None  # None: no member estimates benign findings
     p_malignant: float
-    per_member: dict[str, tuple[float, float]] = field(default_factory=dict)  # (benign, malignant)
+    per_member: dict[str, tuple[float | None, float]] = field(default_factory=dict)  # (benign, malignant)
+
+
+def weighted_mean(pairs: Sequence[tuple[float, float | None]]) -> float | None:
+    """sum(w * x) / sum(w) over the pairs (weight, value) whose value is not None; None when
+    no value is present (nothing estimated it)."""
+    present = [(w, x) for w, x in pairs if x is not None]
+    total = sum(w for w, _ in present)
+    if not present or total <= 0:
+        return None
+    return sum(w * x for w, x in present) / total
 
 
 @dataclass(frozen=True)

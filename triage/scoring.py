@@ -5,7 +5,9 @@ Rules (issue 5, the papers' rule):
   with only one scored view uses that view and is reported as such);
 * per breast across members: weighted mean with the configured ensemble weights,
   renormalised over the members that produced that breast (a member left out does not
-  drag the mean towards zero);
+  drag the mean towards zero); a member without a benign output (``p_benign`` None: the
+  all-convolutional whole-image classifier) is left out of the benign mean only, and a
+  breast no member estimates benign for has ``p_benign`` None;
 * per breast across image classes (FFDM, synthetic 2D, DBT; ``combine_classes``): the
   members are first combined within each class as above, then the classes by
   ``TRIAGE_CLASS_WEIGHTS``, renormalised over the classes that breast has (an exam with
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 from triage.config import PriorityLevel
 from triage.errors import ScoringError
+from triage.results import weighted_mean
 from triage.vocabulary import NOT_TRIAGED, PARTIAL, Laterality, View
 
 
@@ -33,7 +36,7 @@ class ViewProbability:
     member: str
     laterality: Laterality
     view: View
-    p_benign: float
+    p_benign: float | None  # None: the member does not estimate benign findings
     p_malignant: float
     image_class: str = "ffdm"  # of the scored image: ffdm, synthetic2d or dbt
 
@@ -41,9 +44,9 @@ class ViewProbability:
 @dataclass(frozen=True)
 class BreastProbability:
     laterality: Laterality
-    p_benign: float
+    p_benign: float | None
     p_malignant: float
-    per_member: dict[str, tuple[float, float]]
+    per_member: dict[str, tuple[float | None, float]]
     views_used: tuple[View, ...]
     classes: tuple[str, ...] = ()  # image classes combined (combine_classes only)
 
@@ -54,7 +57,8 @@ class Category:
     reason: str | None  # why NOT TRIAGED, else None
 
 
-MemberBreast = tuple[float, float, tuple[View, ...]]  # benign, malignant, views used
+MemberBreast = tuple[float | None, float, tuple[View, ...]]  # benign, malignant, views used
+
 
 
 def member_breasts(
@@ -65,7 +69,7 @@ def member_breasts(
     Several probabilities for the same (member, breast, view) (e.g. test-time augmentation
     samples already averaged upstream) are not expected here: one per view.
     """
-    grouped: dict[tuple[str, Laterality], dict[View, tuple[float, float]]] = {}
+    grouped: dict[tuple[str, Laterality], dict[View, tuple[float | None, float]]] = {}
     for v in views:
         per_view = grouped.setdefault((v.member, v.laterality), {})
         if v.view in per_view:
@@ -77,7 +81,7 @@ def member_breasts(
     out = {}
     for key, per_view in grouped.items():
         used = tuple(sorted(per_view, key=lambda x: x.value))
-        benign = sum(per_view[x][0] for x in used) / len(used)
+        benign = weighted_mean([(1.0, per_view[x][0]) for x in used])
         malignant = sum(per_view[x][1] for x in used) / len(used)
         out[key] = (benign, malignant, used)
     return out
@@ -97,7 +101,7 @@ def combine_members(
         if unknown:
             raise ScoringError(f"no ensemble weight configured for member(s) {sorted(unknown)}")
         total = sum(weights[m] for m in members)
-        benign = sum(weights[m] * members[m][0] for m in members) / total
+        benign = weighted_mean([(weights[m], members[m][0]) for m in members])
         malignant = sum(weights[m] * members[m][1] for m in members) / total
         used = {v for m in members for v in members[m][2]}
         views_used = tuple(sorted(used, key=lambda x: x.value))
@@ -108,13 +112,13 @@ def combine_members(
     return breasts
 
 
-def _class_mean(pairs: Mapping[str, tuple[float, float]],
-                class_weights: Mapping[str, float]) -> tuple[float, float]:
+def _class_mean(pairs: Mapping[str, tuple[float | None, float]],
+                class_weights: Mapping[str, float]) -> tuple[float | None, float]:
     """Class-weighted mean of (benign, malignant) pairs; one class: that pair, unchanged."""
     if len(pairs) == 1:
         return next(iter(pairs.values()))
     total = sum(class_weights[c] for c in pairs)
-    return (sum(class_weights[c] * p[0] for c, p in pairs.items()) / total,
+    return (weighted_mean([(class_weights[c], p[0]) for c, p in pairs.items()]),
             sum(class_weights[c] * p[1] for c, p in pairs.items()) / total)
 
 
@@ -152,7 +156,7 @@ def combine_classes(
             continue
         benign, malignant = _class_mean(
             {c: (b.p_benign, b.p_malignant) for c, b in present.items()}, class_weights)
-        members: dict[str, tuple[float, float]] = {}
+        members: dict[str, tuple[float | None, float]] = {}
         for name in dict.fromkeys(m for b in present.values() for m in b.per_member):
             members[name] = _class_mean(
                 {c: b.per_member[name] for c, b in present.items() if name in b.per_member},

@@ -55,7 +55,7 @@ def test_the_testing_member_scores_a_synthetic_exam_through_score_exam(
     assert TTA_NOTE in result.notes  # random windows do not apply to this member
     member = ensemble.members[0]
     for view in result.views:
-        assert view.p_benign == 0.0 and 0.0 <= view.p_malignant <= 1.0
+        assert view.p_benign is None and 0.0 <= view.p_malignant <= 1.0
         assert view.saliency_benign is None and view.rois == ()
         assert view.saliency_malignant is not None
         assert view.saliency_malignant.shape == member.module.feature_shape((288, 224))
@@ -72,6 +72,15 @@ def test_the_testing_member_scores_a_synthetic_exam_through_score_exam(
     breast = next(b for b in result.breasts if b.laterality is image.laterality)
     both = [v.p_malignant for v in result.views if v.laterality is image.laterality]
     assert breast.p_malignant == pytest.approx(sum(both) / 2)  # per-breast mean of 2 views
+    # no member estimates benign: the breast says so, and every output is built and says so
+    assert breast.p_benign is None and breast.per_member[MEMBER][0] is None
+    from triage.delivery import build_outputs
+
+    study_uid = str(pydicom.dcmread(exam[0].path, stop_before_pixels=True).StudyInstanceUID)
+    objects = build_outputs(settings, score_exam(exam, ensemble, study_instance_uid=study_uid),
+                            [img.path for img in exam], {})
+    kinds = [kind.value for kind, _ in objects]
+    assert kinds.count("sc_overlay") == 4 and "sr_tid1500" in kinds
 
 
 def test_the_testing_member_needs_triage_testing(tmp_path: Path) -> None:

@@ -116,3 +116,18 @@ def test_coverage_gaps_count_failed_views_and_members_that_had_images_only() -> 
                          full[:3], {four[3].sop_instance_uid: "DecodeError: bad"}, weights)
     assert gaps == ["R-MLO not scored", f"view R-MLO {four[3].sop_instance_uid} failed: "
                     "DecodeError: bad", "member b failed: boom"]
+
+
+def test_a_member_without_a_benign_output_is_left_out_of_the_benign_mean_only() -> None:
+    """The all-convolutional classifier estimates malignancy only: it counts for the
+    malignant probability and leaves benign to the members that estimate it."""
+    views = [
+        vp("g", L, CC, 0.2, 0.1), vp("g", L, MLO, 0.4, 0.3),  # g: L = (0.3, 0.2)
+        ViewProbability("a", L, CC, None, 0.5), ViewProbability("a", L, MLO, None, 0.7),
+    ]
+    (left,) = combine_members(views, {"g": 0.5, "a": 0.5})
+    assert left.p_benign == pytest.approx(0.3)  # g's alone, not pulled towards 0
+    assert left.p_malignant == pytest.approx(0.4)  # (0.2 + 0.6) / 2
+    assert left.per_member["a"] == (None, pytest.approx(0.6))
+    only = combine_members(views[2:], {"a": 1.0})[0]
+    assert only.p_benign is None

@@ -384,10 +384,10 @@ def verification_refusal(spec: ModelSpec) -> str | None:
         return None
     repository = spec.weights.published_repository
     if spec.weights.git_blob_id is None:
-        return (f"{spec.name} cannot become verified_published: the authors published no "
-                "weights for it, so there is no published file to authenticate and no "
-                "published prediction to reproduce; weights a site imports stay "
-                "imported_unverified.")
+        return (f"{spec.name} cannot become verified_published: this product knows no "
+                "published file in its own layout to authenticate (none exists, or only "
+                "another framework's files, converted on import) and no published "
+                "prediction to reproduce; weights a site imports stay imported_unverified.")
     heatmaps_for = [other.name for other in list_specs()
                     if other.extra.get(HEATMAPS_FROM) == spec.name]
     if repository == DMV_REPOSITORY and heatmaps_for:

@@ -50,7 +50,7 @@ from triage.outputs.common import (
     weighted_members,
 )
 from triage.outputs.uids import instance_uid, series_uid
-from triage.results import ExamResult, InputFrame, MemberInfo, ViewScore
+from triage.results import ExamResult, InputFrame, MemberInfo, ViewScore, weighted_mean
 from triage.vocabulary import OutputKind
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,11 @@ def _wrap(line: str, scale: float, thickness: int, width: int) -> list[str]:
     return out
 
 
-def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb: float,
+def _benign_text(p: float | None, digits: int = 3) -> str:
+    return "not estimated" if p is None else f"{p:.{digits}f}"
+
+
+def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb: float | None,
                   slice_index: int | None, n_slices: int | None,
                   scale: float) -> list[tuple[str, tuple[int, int, int]]]:
     category, reason = effective_category(result)
@@ -203,7 +207,8 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
         + (f"exam score {result.exam_score:.3f} | " if scores else "")
         + f"category {category}" + (f" ({reason})" if reason else ""), TEXT_RGB))
     if scores:
-        lines.append((f"this view: p(malignant) {pm:.3f}  p(benign) {pb:.3f}", TEXT_RGB))
+        lines.append((f"this view: p(malignant) {pm:.3f}  p(benign) {_benign_text(pb)}",
+                      TEXT_RGB))
     if slice_index is not None:
         total = f" of {n_slices}" if n_slices else ""
         lines.append((f"DBT slice {slice_index + 1}{total}", TEXT_RGB))
@@ -215,7 +220,8 @@ def _legend_lines(result: ExamResult, views: Sequence[ViewScore], pm: float, pb:
         m = members.get(v.member)
         if m is not None:
             no_map = v.saliency_malignant is None and v.saliency_benign is None
-            probabilities = (f": p(malignant) {v.p_malignant:.3f} p(benign) {v.p_benign:.3f}"
+            probabilities = (f": p(malignant) {v.p_malignant:.3f} "
+                             f"p(benign) {_benign_text(v.p_benign)}"
                              if scores else "")
             lines.append((f"{m.name} {m.version} ({m.weights_status.value}){probabilities}"
                           + ("; no saliency map" if no_map else ""), TEXT_RGB))
@@ -279,7 +285,7 @@ def render_overlay(
     malignant = combined_saliency(views, members, lambda v: v.saliency_malignant, shape)
     benign = combined_saliency(views, members, lambda v: v.saliency_benign, shape)
     pm = float(sum(w * v.p_malignant for v, w in weighted))
-    pb = float(sum(w * v.p_benign for v, w in weighted))
+    pb = weighted_mean([(w, v.p_benign) for v, w in weighted])
 
     rows, cols = gray.shape
     scale = 1.0

@@ -271,7 +271,8 @@ def _member_parameters(member: MemberInfo, verified: bool,
             p_benign, p_malignant = breast.per_member[member.name]
             side = "left" if breast.laterality is Laterality.LEFT else "right"
             params.append(f"{side} breast p(malignant) {p_malignant:.4f} "
-                          f"p(benign) {p_benign:.4f}")
+                          + ("p(benign) not estimated" if p_benign is None
+                             else f"p(benign) {p_benign:.4f}"))
     if not verified:
         params.insert(0, UNCALIBRATED)
     if not member.included:

@@ -168,13 +168,15 @@ def _breast_groups(
             (MALIGNANT, P_CANCER, breast.p_malignant, 1),
             (BENIGN, P_GENERIC, breast.p_benign, 0),
         ):
+            if value is None:  # no member estimates it (e.g. all-convolutional members only)
+                continue
             measurements = [hd.sr.Measurement(
                 name=concept, value=float(value), unit=UNIT_FRACTION, algorithm_id=ensemble,
             )]
             for name, pair in breast.per_member.items():
-                if name in members:
+                if name in members and pair[index] is not None:
                     measurements.append(hd.sr.Measurement(
-                        name=concept, value=float(pair[index]), unit=UNIT_FRACTION,
+                        name=concept, value=float(pair[index] or 0.0), unit=UNIT_FRACTION,
                         algorithm_id=_member_id(members[name]),
                     ))
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

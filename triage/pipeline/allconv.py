@@ -10,12 +10,11 @@ and horizontal+vertical flips are scored and the four malignant probabilities av
 Per view the member reports:
 
 * ``p_malignant``: the flip-averaged malignant probability;
-* ``p_benign = 0.0``: the model has no benign output (its classes are malignant and
-  non-malignant = benign or normal). 0.0 means "not estimated", not "certainly not
-  benign"; ``ViewScore`` needs a number, NaN would break the aggregation. The triage
-  score and the priority use ``p_malignant`` only. In an ensemble with members that do
-  estimate benign findings, the per-breast ``p_benign`` is therefore pulled towards 0 by
-  this member's share of the ensemble weight;
+* ``p_benign = None`` ("not estimated"): the model has no benign output (its classes are
+  malignant and non-malignant = benign or normal). ``triage.scoring`` leaves such a member
+  out of the benign means only (renormalising over the members that estimate it), so it
+  neither pulls an ensemble's benign probability down nor pretends to a value; the SRs and
+  the overlay say "not estimated" where no member estimates it;
 * ``saliency_malignant``: the class activation map (``AllConvOutput.saliency``) of the four
   flipped inputs, each flipped back onto the original orientation, averaged; it spans the
   whole source image through the view's frame. No benign map, no ROI boxes (the model
@@ -36,20 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from triage.errors import ScoringError
-from triage.imaging.whole_image import prepare_whole_image
 from triage.models import LoadedModel
 from triage.pipeline.images import ExamImage
 from triage.pipeline.runners import ExamInputs
-from triage.pipeline.views2d import RECIPES, PreparedImage, PrepareRequest
+from triage.pipeline.views2d import PreparedImage, PrepareRequest
 from triage.results import ViewScore
 
-#: Recipe name of the whole-image preprocessing; registered in ``views2d.RECIPES`` here,
-#: which is imported (through ``families``) wherever a runner can ask for it.
+#: Recipe name of the whole-image preprocessing (``views2d.RECIPES``).
 ALLCONV_RECIPE = "allconv"
-RECIPES[ALLCONV_RECIPE] = prepare_whole_image
 
 #: No benign output (module docstring).
-P_BENIGN_NOT_ESTIMATED = 0.0
+P_BENIGN_NOT_ESTIMATED: float | None = None
 TTA_NOTE = ("all-convolutional members use the paper's flip averaging (4 flips), not the "
             "TRIAGE_TTA_SAMPLES random windows")
 

@@ -18,6 +18,7 @@ import pydicom
 
 from triage.errors import DecodeError, PreprocessingError
 from triage.imaging import PreparedView, decode_pixels, prepare_view, prepare_view_resized
+from triage.imaging.whole_image import prepare_whole_image
 from triage.models.dmv_cnn import DMV_INPUT_SIZE
 from triage.pipeline.images import ExamImage
 from triage.vocabulary import Laterality, View
@@ -41,6 +42,8 @@ RECIPES: dict[str, Recipe] = {
     # of GMIC and breast_cancer_classifier is functionally identical, fixtures README)
     "breast_cancer_classifier": prepare_view,
     "breast_cancer_classifier-testing": _dmv_reduced,
+    # Shen et al. 2019: the whole image, uncropped, resized (mean subtracted by the runner)
+    "allconv": prepare_whole_image,
 }
 
 
