@@ -185,6 +185,9 @@ class Settings(BaseSettings):
     # faces
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    #: patient IDs appear in API responses (and may be searched) only for admin tokens and
+    #: only when this is set; patient names are never stored nor shown
+    api_show_patient_ids: bool = False
     log_level: str = "INFO"
     log_json: bool = True
 
