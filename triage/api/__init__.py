@@ -1,0 +1,1 @@
+"""The HTTP face: FastAPI app, routers per resource, health and metrics, dashboard."""
