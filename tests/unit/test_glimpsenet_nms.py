@@ -117,3 +117,16 @@ def test_the_bag_is_filled_with_suppressed_candidates_when_nms_keeps_too_few() -
     assert scores[0].tolist() == pytest.approx([1 / 49, 0.5 / 49, 0.0])
     with pytest.raises(ModelError, match="5 glimpses requested"):
         select_glimpses(conf, grid, k=5)
+
+
+def test_window_scores_from_the_summed_area_table_equal_the_window_means() -> None:
+    """The summed-area table gives each candidate window's mean, as averaging its cells does."""
+    import torch
+    import torch.nn.functional as F
+
+    from triage.models.glimpses import candidate_grid, window_scores
+
+    conf = torch.rand(2, 40, 30, generator=torch.Generator().manual_seed(0))
+    grid = candidate_grid((40, 30), (400, 300), (120, 90), 2)
+    direct = F.avg_pool2d(conf[:, None], grid.window, stride=grid.stride).flatten(1)
+    assert torch.allclose(window_scores(conf, grid), direct, atol=1e-5)

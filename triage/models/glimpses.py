@@ -109,9 +109,19 @@ def candidate_grid(map_hw: tuple[int, int], input_hw: tuple[int, int],
 
 
 def window_scores(confidence: Tensor, grid: CandidateGrid) -> Tensor:
-    """Mean confidence of every candidate window: ``(N, h, w) -> (N, M)`` float32."""
-    scores = F.avg_pool2d(confidence.float()[:, None], grid.window, stride=grid.stride)
-    return scores.flatten(1)
+    """Mean confidence of every candidate window: ``(N, h, w) -> (N, M)`` float32.
+
+    From a summed-area table (float64 prefix sums, then four look-ups per window), so the
+    cost does not grow with the window: ``avg_pool2d`` summed every cell of every window,
+    which at small maps with large glimpse windows dominated the member's time."""
+    (win_h, win_w), st_h, st_w = grid.window, grid.stride, grid.stride
+    table = F.pad(confidence.double().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (N, h+1, w+1)
+    rows = torch.arange(0, table.shape[1] - win_h, st_h, device=table.device)
+    cols = torch.arange(0, table.shape[2] - win_w, st_w, device=table.device)
+    r0, c0 = rows[:, None], cols[None, :]
+    sums = (table[:, r0 + win_h, c0 + win_w] - table[:, r0, c0 + win_w]
+            - table[:, r0 + win_h, c0] + table[:, r0, c0])
+    return (sums / (win_h * win_w)).float().flatten(1)
 
 
 def select_glimpses(confidence: Tensor, grid: CandidateGrid, k: int,
