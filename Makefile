@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := dcmtk dicom3tools orthanc redis-server postgresql
+SYSTEM_PACKAGES := dcmtk dicom3tools orthanc redis-server postgresql chromium chromium-driver
 PYTEST_ARGS ?=
 # What `make run` runs after installing (README.md, "What `make run` shows");
 # tests/e2e/test_first_use.py runs `make run` and checks what this prints.
