@@ -309,17 +309,26 @@ def test_admin_sees_the_held_exam_and_its_reason(site: Site,
     site.send(_image_of_b(study_uid), T0 + timedelta(seconds=1))
     listed = _cli(site.settings, monkeypatch, "exams", "list")
     assert listed.exit_code == 0, listed.output
-    line = next(x for x in listed.stdout.splitlines() if x.startswith(study_uid))
-    assert " held " in line and CONFLICT_PREFIX in line
+    lines = listed.stdout.splitlines()
+    n = next(i for i, x in enumerate(lines) if x.endswith(study_uid))
+    assert " held " in lines[n] and f"held: {CONFLICT_PREFIX}" in lines[n + 1]
     held = json.loads(_cli(site.settings, monkeypatch, "exams", "list", "--status", "held",
                            "--json").stdout)
     assert [e["study_instance_uid"] for e in held] == [study_uid]
-    assert held[0]["hold_reason"] == site.study(study_id).hold_reason
+    # the reason names both patient IDs: shown only by `exams show --patient-id`
+    hold_reason = site.study(study_id).hold_reason
+    assert hold_reason and PATIENT_B in hold_reason
+    assert held[0]["hold_reason"].startswith(CONFLICT_PREFIX)
+    assert PATIENT_A not in listed.stdout + json.dumps(held)
+    assert PATIENT_B not in listed.stdout + json.dumps(held)
     shown = _cli(site.settings, monkeypatch, "exams", "show", study_uid)
     assert shown.exit_code == 0, shown.output
-    assert "status: held" in shown.stdout
-    assert f"hold_reason: {CONFLICT_PREFIX}" in shown.stdout
+    assert "  status         held" in shown.stdout.splitlines()
+    assert f"  held           {CONFLICT_PREFIX}" in shown.stdout
     assert "not scored: patient identity conflict" in shown.stdout
+    assert PATIENT_B not in shown.stdout and "Alpha" not in shown.stdout
+    with_ids = _cli(site.settings, monkeypatch, "exams", "show", study_uid, "--patient-id")
+    assert f"  held           {hold_reason}" in with_ids.stdout.splitlines()
 
 
 def test_release_assembles_the_exam_again_without_the_conflicting_images(

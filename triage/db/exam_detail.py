@@ -241,6 +241,13 @@ _NAME_KEYS = {"patientname", "patientsname", "othernames", "otherpatientnames"}
 _ID_KEYS = {"patientid", "issuerofpatientid", "otherpatientids"}
 
 
+def hide_patient_ids(text: str | None) -> str | None:
+    """``text`` with each quoted Patient ID and issuer replaced by :data:`HIDDEN`."""
+    if text is None:
+        return None
+    return _QUOTED_ID.sub(lambda m: f"{m.group(1)} {HIDDEN}", text)
+
+
 def _key(text: str) -> str:
     return re.sub(r"[^a-z]", "", text.lower())
 
@@ -250,9 +257,7 @@ class _Privacy:
         self.include_patient_id = include_patient_id
 
     def text(self, value: str | None) -> str | None:
-        if value is None or self.include_patient_id:
-            return value
-        return _QUOTED_ID.sub(lambda m: f"{m.group(1)} {HIDDEN}", value)
+        return value if self.include_patient_id else hide_patient_ids(value)
 
     def data(self, value: Any) -> Any:
         """Audit event details: patient names dropped, patient IDs hidden unless asked."""
@@ -432,4 +437,5 @@ __all__ = [
     "ScoreDetail",
     "StatusChangeDetail",
     "exam_detail",
+    "hide_patient_ids",
 ]

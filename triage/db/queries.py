@@ -9,133 +9,150 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import String, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from triage.db.models import Instance, ScoringRun, StatusChange, Study, utcnow
-from triage.errors import TriageError, UnknownStudy
+from triage.db.exam_detail import hide_patient_ids
+from triage.db.models import Instance, ScoringRun, Study, utcnow
+from triage.errors import TriageError
 from triage.vocabulary import NOT_TRIAGED, PARTIAL, ExamStatus, RunStatus
 
+# ---- exams list ----------------------------------------------------------------------
+#
+# ``triage exams list``: every exam (finished or not), newest activity first, with filters;
+# three SQL statements whatever the page size (a count, the page with each exam's latest run
+# and instance count, the chosen views of the exams on the page). One exam in full is
+# ``triage.db.exam_detail.exam_detail``.
 
-@dataclass(frozen=True)
-class InstanceSummary:
-    sop_instance_uid: str
-    sop_class_uid: str
-    image_class: str
-    view: str | None
-    laterality: str | None
-    scorable: bool
-    reason: str | None
-    chosen: bool
-    superseded: bool
-    loopback: bool
-    version: int
-    received_at: str
+DEFAULT_EXAM_LIST = 200
+MAX_EXAM_LIST = 10_000
+
+
+class InvalidExamListRequest(TriageError):
+    """An exams-list filter or limit that cannot be used; the message names the option."""
 
 
 @dataclass(frozen=True)
 class ExamSummary:
+    """One exam in the exams list. Identifiers are UIDs and accession numbers, never names."""
+
     study_instance_uid: str
     accession_numbers: list[str]
     status: str
-    partial: bool
+    partial: bool  # the exam is incomplete, or its latest run scored an incomplete exam
     skipped_reason: str | None
     failure_reason: str | None
     views: list[str]  # chosen scorable views, e.g. ["L-CC", "L-MLO", "R-CC", "R-MLO"]
     instance_count: int
     first_received_at: str
     last_received_at: str
-    exam_score: float | None = None
-    category: str | None = None
+    exam_score: float | None = None  # of the latest run (by start time)
+    category: str | None = None  # of the latest run
     hold_reason: str | None = None  # why the exam is held (needs an admin)
+    model_set_version: str | None = None  # of the latest run
+    run_status: str | None = None  # of the latest run: succeeded | failed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _views(instances: list[Instance]) -> list[str]:
-    return sorted({f"{i.laterality}-{i.view}" for i in instances
-                   if i.chosen and i.scorable and i.view and i.laterality})
+@dataclass(frozen=True)
+class ExamList:
+    """The exams that matched, newest activity first, at most ``limit`` of ``total``."""
+
+    exams: tuple[ExamSummary, ...]
+    total: int  # exams matching the filters
+    limit: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.exams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exams": [e.to_dict() for e in self.exams], "total": self.total,
+                "limit": self.limit, "truncated": self.truncated}
 
 
-def latest_run(session: Session, study_id: int) -> ScoringRun | None:
-    return session.scalars(
-        select(ScoringRun).where(ScoringRun.study_id == study_id)
-        .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc()).limit(1)
-    ).first()
+def _latest_run_id() -> Any:
+    return (select(ScoringRun.id).where(ScoringRun.study_id == Study.id)
+            .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc()).limit(1)
+            .correlate(Study).scalar_subquery())
 
 
-def _summary(session: Session, study: Study) -> ExamSummary:
-    instances = list(session.scalars(select(Instance).where(Instance.study_id == study.id)))
-    run = latest_run(session, study.id)
-    return ExamSummary(
-        study_instance_uid=study.study_instance_uid,
-        accession_numbers=list(study.accession_numbers or []),
-        status=study.status,
-        partial=study.partial,
-        skipped_reason=study.skip_reason,
-        failure_reason=study.failure_reason,
-        views=_views(instances),
-        instance_count=len(instances),
-        first_received_at=study.first_received_at.isoformat(),
-        last_received_at=study.last_received_at.isoformat(),
-        exam_score=run.exam_score if run else None,
-        category=run.category if run else None,
-        hold_reason=study.hold_reason,
+def list_exams(session: Session, *, since: datetime | None = None, status: str | None = None,
+               category: str | None = None, model_set: str | None = None,
+               accession: str | None = None, limit: int = DEFAULT_EXAM_LIST) -> ExamList:
+    """Exams newest activity first (last image received), every status.
+
+    ``since``: images received at or after this time; ``status``: an ExamStatus value;
+    ``category``: the latest run's category as stored (a priority, PARTIAL, NOT TRIAGED);
+    ``model_set``: exams with any run by this model-set version; ``accession``: exams with
+    this accession number among theirs (exact). Filters are SQL expressions (bound values).
+    Patient IDs quoted in reasons are hidden (``exam_detail`` shows them when asked).
+    """
+    if not 1 <= limit <= MAX_EXAM_LIST:
+        raise InvalidExamListRequest(f"--limit {limit} is out of range: use 1 to {MAX_EXAM_LIST}")
+    if status is not None and status not in _STATUSES:
+        raise InvalidExamListRequest(
+            f"--status {status!r} is not an exam status: use one of {', '.join(_STATUSES)}")
+    if since is not None and since.tzinfo is None:
+        raise InvalidExamListRequest("--since must be a timezone-aware time (e.g. UTC)")
+
+    where: list[Any] = []
+    if since is not None:
+        where.append(Study.last_received_at >= since)
+    if status is not None:
+        where.append(Study.status == status)
+    if accession:
+        # accession_numbers is a JSON list: match one element exactly, quotes included
+        where.append(cast(Study.accession_numbers, String).contains(json.dumps(accession),
+                                                                    autoescape=True))
+    if model_set:
+        where.append(select(ScoringRun.id).where(
+            ScoringRun.study_id == Study.id, ScoringRun.model_set_version == model_set,
+        ).correlate(Study).exists())
+    instance_count = (select(func.count(Instance.id)).where(Instance.study_id == Study.id)
+                      .correlate(Study).scalar_subquery())
+    exams = select(
+        Study.id, Study.study_instance_uid, Study.accession_numbers, Study.status, Study.partial,
+        Study.skip_reason, Study.failure_reason, Study.hold_reason, Study.first_received_at,
+        Study.last_received_at, instance_count.label("instance_count"),
+        _latest_run_id().label("run_id"),
+    ).where(*where).subquery("exams")
+    run = aliased(ScoringRun, name="latest_run")
+    listed = (
+        select(exams, run.exam_score, run.category, run.model_set_version,
+               run.partial.label("run_partial"), run.status.label("run_status"))
+        .select_from(exams).outerjoin(run, run.id == exams.c.run_id)
     )
+    if category is not None:
+        listed = listed.where(run.category == category)
+    listed_sq = listed.subquery("listed")
+    total = session.scalar(select(func.count()).select_from(listed_sq))
+    rows = session.execute(
+        select(listed_sq).order_by(listed_sq.c.last_received_at.desc(), listed_sq.c.id.desc())
+        .limit(limit)).all()
 
-
-def list_exams(session: Session, *, status: str | None = None, limit: int = 200) -> list[ExamSummary]:
-    """Exams newest first."""
-    stmt = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
-    if status:
-        stmt = stmt.where(Study.status == status)
-    return [_summary(session, s) for s in session.scalars(stmt)]
-
-
-def get_study(session: Session, study_instance_uid: str) -> Study:
-    study = session.scalars(
-        select(Study).where(Study.study_instance_uid == study_instance_uid)
-        .order_by(Study.id.desc()).limit(1)
-    ).first()
-    if study is None:
-        raise UnknownStudy(
-            f"no exam with Study Instance UID {study_instance_uid!r} is known; "
-            "`triage exams list` shows the exams received"
-        )
-    return study
-
-
-def exam_detail(session: Session, study_instance_uid: str) -> dict[str, Any]:
-    """Everything an admin needs about one exam, as plain data."""
-    study = get_study(session, study_instance_uid)
-    summary = _summary(session, study)
-    instances = session.scalars(
-        select(Instance).where(Instance.study_id == study.id).order_by(Instance.received_at, Instance.id)
-    )
-    detail = summary.to_dict()
-    detail["patient_id"] = study.patient_id
-    detail["issuer_of_patient_id"] = study.issuer_of_patient_id
-    detail["study_date"] = study.study_date
-    detail["study_time"] = study.study_time
-    detail["timezone_offset"] = study.timezone_offset
-    detail["image_classes"] = list(study.image_classes or [])
-    detail["instances"] = [
-        asdict(InstanceSummary(
-            sop_instance_uid=i.sop_instance_uid, sop_class_uid=i.sop_class_uid,
-            image_class=i.image_class, view=i.view, laterality=i.laterality,
-            scorable=i.scorable, reason=i.reason, chosen=i.chosen, superseded=i.superseded,
-            loopback=i.loopback, version=i.version, received_at=i.received_at.isoformat(),
-        ))
-        for i in instances
-    ]
-    detail["status_history"] = [
-        {"from": c.from_status, "to": c.to_status, "reason": c.reason, "at": c.at.isoformat()}
-        for c in session.scalars(
-            select(StatusChange).where(StatusChange.study_id == study.id).order_by(StatusChange.id)
-        )
-    ]
-    return detail
+    views: dict[int, set[str]] = {r.id: set() for r in rows}
+    if rows:
+        for study_id, laterality, view in session.execute(
+                select(Instance.study_id, Instance.laterality, Instance.view).distinct().where(
+                    Instance.study_id.in_(list(views)), Instance.chosen.is_(True),
+                    Instance.scorable.is_(True), Instance.view.is_not(None),
+                    Instance.laterality.is_not(None))):
+            views[study_id].add(f"{laterality}-{view}")
+    return ExamList(exams=tuple(ExamSummary(
+        study_instance_uid=r.study_instance_uid,
+        accession_numbers=list(r.accession_numbers or []),
+        status=r.status, partial=bool(r.partial) or bool(r.run_partial),
+        skipped_reason=hide_patient_ids(r.skip_reason),
+        failure_reason=hide_patient_ids(r.failure_reason), views=sorted(views[r.id]),
+        instance_count=int(r.instance_count or 0),
+        first_received_at=r.first_received_at.isoformat(),
+        last_received_at=r.last_received_at.isoformat(),
+        exam_score=r.exam_score, category=r.category, hold_reason=hide_patient_ids(r.hold_reason),
+        model_set_version=r.model_set_version, run_status=r.run_status,
+    ) for r in rows), total=int(total or 0), limit=limit)
 
 
 # ---- worklist ------------------------------------------------------------------------
