@@ -51,7 +51,7 @@ def test_config_show_fails_with_the_setting_named(env: Path, monkeypatch: pytest
 def test_db_upgrade_then_downgrade_to_base(env: Path) -> None:
     up = runner.invoke(app, ["db", "upgrade"])
     assert up.exit_code == 0, up.output
-    assert "revision 0002" in up.output
+    assert "revision 0003" in up.output
     down = runner.invoke(app, ["db", "downgrade", "base"])
     assert down.exit_code == 0 and "revision None" in down.output
 

@@ -313,3 +313,39 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column()
+
+
+#: score history reads runs newest first by the time they were scored (triage/db/history.py)
+Index("ix_scoring_runs_finished_at", ScoringRun.finished_at)
+
+
+class ApiToken(Base):
+    """An API token: a name, a role and the sha256 of its secret (the secret is never stored).
+
+    Revoked tokens stay (revoked_at set) so audit rows keep naming who they were.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class QueryAudit(Base):
+    """Who read score history or an exam's detail, when, with which filters, how many rows."""
+
+    __tablename__ = "query_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    who: Mapped[str] = mapped_column(String(64), index=True)  # token name, or cli:<os user>
+    role: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(16))  # api | cli | dashboard
+    query: Mapped[str] = mapped_column(String(48))  # e.g. scores.history, exams.detail
+    filters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
