@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from triage.cli import (
+    audit_cmd,
     config_cmd,
     db_cmd,
     demo_cmd,
@@ -13,8 +14,10 @@ from triage.cli import (
     models_cmd,
     outbox_cmd,
     score_folder_cmd,
+    scores_cmd,
     serve_cmd,
     synthetic_cmd,
+    tokens_cmd,
     validate_cmd,
     worker_cmd,
     worklist_cmd,
@@ -38,6 +41,9 @@ app.command("worklist", help="Exams by priority, then arrival.")(worklist_cmd.wo
 app.command("demo", help="Send a synthetic screening exam to a listener.")(demo_cmd.demo)
 app.command("score-folder", help="Score a folder of DICOM files offline.")(
     score_folder_cmd.score_folder_cmd)
+app.add_typer(scores_cmd.app, name="scores", help="Score history: every finished scoring run.")
+app.add_typer(tokens_cmd.app, name="tokens", help="API tokens (viewer, admin).")
+app.command("audit", help="Who read score history and exam details.")(audit_cmd.audit)
 
 
 def main() -> None:
