@@ -84,7 +84,7 @@ def product_env(data_dir: Path, port: int, archive: OrthancServer, member: str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
     env.update({
         "TRIAGE_DATA_DIR": str(data_dir), "TRIAGE_DICOM_HOST": "127.0.0.1",
-        "TRIAGE_DICOM_PORT": str(port),
+        "TRIAGE_DICOM_PORT": str(port), "TRIAGE_API_PORT": "0",
         "TRIAGE_ENSEMBLE": json.dumps([{"name": member, "weight": 1.0}]),
         "TRIAGE_ALLOW_UNCALIBRATED": "1", "TRIAGE_SEND_UNVERIFIED_CAD": "1",
         "TRIAGE_SEND_UNVERIFIED": "1",

@@ -6,7 +6,9 @@
 * the dispatcher: ready exams -> queued -> broker (Celery) after the commit, plus the
   reconciler (one at a time, DB lease) that re-sends stuck exams;
 * the embedded worker when no broker is configured (the embedded default);
-* the outbox sender (one at a time, DB lease).
+* the outbox sender (one at a time, DB lease);
+* the HTTP API (uvicorn in a thread, on TRIAGE_API_HOST:TRIAGE_API_PORT; started first so a
+  port in use stops start-up before any exam is accepted, stopped last).
 
 `triage serve` runs all of them; `triage listen` runs all but the embedded worker.
 """
@@ -64,6 +66,8 @@ class Services:
     embedded_worker: bool
     listener: object | None = None
     threads: list[threading.Thread] = field(default_factory=list)
+    serve_api: bool = True
+    api: object | None = None  # the ApiServer while it runs
 
     def start(self, ensemble: Ensemble | None = None) -> None:
         """Start the components; ``ensemble`` (already loaded) is reused by the embedded worker."""
@@ -71,6 +75,12 @@ class Services:
         from triage.exams import evaluate_readiness, record_instance
 
         settings, db = self.settings, self.db
+        if self.serve_api:
+            from triage.api.server import ApiServer
+
+            api = ApiServer(settings, db)
+            api.start()
+            self.api = api
         enqueue = None
         if settings.broker_url:
             from workers.celery_app import enqueue_function, make_celery
@@ -95,6 +105,13 @@ class Services:
         assert isinstance(self.listener, Listener)
         return self.listener.address
 
+    @property
+    def api_url(self) -> str | None:
+        """``http://host:port`` of the API, None when this process does not serve it."""
+        from triage.api.server import ApiServer
+
+        return self.api.url if isinstance(self.api, ApiServer) else None
+
     def stop(self) -> None:
         for thread in reversed(self.threads):
             getattr(thread, "stop")()  # noqa: B009
@@ -102,4 +119,6 @@ class Services:
             thread.join(timeout=30)
         if self.listener is not None:
             getattr(self.listener, "stop")()  # noqa: B009
+        if self.api is not None:
+            getattr(self.api, "stop")()  # noqa: B009
         log.info("services stopped")

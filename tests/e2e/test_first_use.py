@@ -85,7 +85,7 @@ def test_make_run_serves_the_demo_exam_and_stops_on_ctrl_c(tmp_path: Path) -> No
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TRIAGE_", "MAKE")) and k not in ("MFLAGS", "PYTHONPATH")}
-    env.update(TRIAGE_DATA_DIR=str(data), TRIAGE_DICOM_PORT=str(port))
+    env.update(TRIAGE_DATA_DIR=str(data), TRIAGE_DICOM_PORT=str(port), TRIAGE_API_PORT="0")
     stderr = tmp_path / "stderr.log"
     started = time.monotonic()
     with open(stderr, "wb") as err:

@@ -98,6 +98,7 @@ class ListenerProcess:
             "TRIAGE_DATA_DIR": str(self.data_dir), "TRIAGE_DICOM_HOST": "127.0.0.1",
             "TRIAGE_DICOM_PORT": str(self.port), "TRIAGE_AE_TITLE": self.ae_title,
             "TRIAGE_QUIET_SECONDS": "1", "TRIAGE_LOG_JSON": "true", "TRIAGE_LOG_LEVEL": "INFO",
+            "TRIAGE_API_PORT": "0",  # listen mounts the API: a free port
         })
         if self.database_url:
             env["TRIAGE_DATABASE_URL"] = self.database_url

@@ -39,6 +39,7 @@ def product_environment(data_dir: Path, **extra: str) -> dict[str, str]:
         "TRIAGE_TESTING": "1", "TRIAGE_ALLOW_UNCALIBRATED": "1", "TRIAGE_ENSEMBLE": TEST_ENSEMBLE,
         "TRIAGE_QUIET_SECONDS": "1", "TRIAGE_LOG_JSON": "true", "TRIAGE_LOG_LEVEL": "INFO",
         "TRIAGE_DEVICE": "cpu", "TRIAGE_SEND_UNVERIFIED": "1",
+        "TRIAGE_API_PORT": "0",  # serve and listen mount the API: a free port each
     })
     env.update(extra)
     return env

@@ -70,7 +70,8 @@ def listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ListenerProce
     env.update(TRIAGE_DATA_DIR=str(root / "data"), TRIAGE_DICOM_HOST="127.0.0.1",
                TRIAGE_DICOM_PORT=str(port), TRIAGE_AE_TITLE="TRIAGE",
                TRIAGE_QUIET_SECONDS=str(QUIET_SECONDS),
-               TRIAGE_MAX_WAIT_SECONDS=str(MAX_WAIT_SECONDS), TRIAGE_LOG_LEVEL="INFO")
+               TRIAGE_MAX_WAIT_SECONDS=str(MAX_WAIT_SECONDS), TRIAGE_LOG_LEVEL="INFO",
+               TRIAGE_API_PORT="0")
     log = root / "listener.log"
     triage = Path(sys.executable).with_name("triage")
     with log.open("ab") as sink:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from triage.cli import (
+    api_cmd,
     audit_cmd,
     config_cmd,
     db_cmd,
@@ -44,6 +45,7 @@ app.command("score-folder", help="Score a folder of DICOM files offline.")(
 app.add_typer(scores_cmd.app, name="scores", help="Score history: every finished scoring run.")
 app.add_typer(tokens_cmd.app, name="tokens", help="API tokens (viewer, admin).")
 app.command("audit", help="Who read score history and exam details.")(audit_cmd.audit)
+app.command("api", help="Run the HTTP API alone until Ctrl-C.")(api_cmd.api)
 
 
 def main() -> None:

@@ -39,7 +39,8 @@ def listen() -> None:
         listener = Services(settings, open_database(settings), embedded_worker=False)
         listener.start()
     host, port = listener.address
-    typer.echo(f"listening as {settings.ae_title} on {host}:{port}", err=True)
+    typer.echo(f"listening as {settings.ae_title} on {host}:{port}; API on {listener.api_url}",
+               err=True)
     try:
         stop.wait()
     finally:

@@ -123,7 +123,8 @@ def serve(demo: bool = typer.Option(False, "--demo", help=(
         services = Services(settings, db, embedded_worker=True)
         services.start(ensemble=ensemble)
     host, port = services.address
-    typer.echo(f"triage is serving: DICOM {settings.ae_title}@{host}:{port}, database "
+    typer.echo(f"triage is serving: DICOM {settings.ae_title}@{host}:{port}, API "
+               f"{services.api_url} (token required), database "
                f"{db.engine.url.render_as_string(hide_password=True)}, "
                f"{'broker ' + settings.broker_url if settings.broker_url else 'embedded worker'}, "
                f"archive {settings.archive or settings.outputs_dir}. Ctrl-C stops.")
