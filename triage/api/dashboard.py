@@ -178,7 +178,7 @@ def exam_page(request: Request, study_uid: str, message: str = "") -> Response:
     return _page(request, "exam.html", access, exam=detail, run=shown_run,
                  breast_scores=[s for s in scores if s.level == "breast"],
                  view_scores=[s for s in scores if s.level == "view"],
-                 failed_deliveries=failed, overlays=overlays, message=message,
+                 failed_deliveries=failed, overlays=overlays, message=message, scores_hidden=hide,
                  title=f"exam {study_uid}")
 
 
