@@ -8,9 +8,12 @@ message names the setting and what to do about it.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+import tomllib
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +34,12 @@ from triage.errors import ConfigError
 #: DICOM default character repertoire for AE titles: printable ASCII except backslash.
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 _SECRET_KEYS = ("password", "secret", "token")
+CONFIG_VARIABLE = "TRIAGE_CONFIG"
+#: ``TRIAGE_*`` variables that are not settings: the config file's name, and the reference
+#: fixtures the tests and benchmarks read
+NON_SETTING_VARIABLES = frozenset({CONFIG_VARIABLE, "TRIAGE_FIXTURES"})
+SOURCE_DEFAULT, SOURCE_ENVIRONMENT = "default", "environment"
+SOURCE_CONFIG_FILE, SOURCE_ARGUMENT = "config file", "argument"
 
 
 def validate_ae_title(value: str, setting: str) -> str:
@@ -190,6 +199,12 @@ class Settings(BaseSettings):
     api_show_patient_ids: bool = False
     log_level: str = "INFO"
     log_json: bool = True
+    #: also write JSON lines here (rotated); `triage logs --study UID` reads it
+    log_file: Path | None = None
+    log_file_max_mb: float = Field(default=50.0, gt=0)
+    log_file_backups: int = Field(default=5, ge=0)
+    #: GET /readyz fails when the spool's filesystem has less free space than this
+    min_free_spool_mb: float = Field(default=1024.0, ge=0)
 
     @classmethod
     def settings_customise_sources(
@@ -201,9 +216,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("TRIAGE_CONFIG", "")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        config_file = config_file_path()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
 
     # ---- validators -------------------------------------------------------
@@ -230,6 +245,18 @@ class Settings(BaseSettings):
     @classmethod
     def _aets(cls, v: list[str]) -> list[str]:
         return [validate_ae_title(a, "TRIAGE_ALLOWED_CALLING_AETS") for a in v]
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _no_log_file(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        if v.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"TRIAGE_LOG_LEVEL {v!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return v.upper()
 
     @field_validator("dicom_port", "api_port")
     @classmethod
@@ -386,6 +413,58 @@ class Settings(BaseSettings):
         return data
 
 
+def config_file_path(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The TOML file named by ``TRIAGE_CONFIG``; a name that is no file stops start-up."""
+    name = (os.environ if environ is None else environ).get(CONFIG_VARIABLE, "").strip()
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"{CONFIG_VARIABLE} names {path}, which {what}: create it, correct "
+                          f"the path, or unset {CONFIG_VARIABLE} to use the environment and the "
+                          "defaults only")
+    return path
+
+
+def setting_variables() -> dict[str, str]:
+    """Environment variable -> field name, for every setting."""
+    return {f"TRIAGE_{name.upper()}": name for name in Settings.model_fields}
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """``TRIAGE_*`` variables that name no setting (typos), each with its close matches."""
+    environ = os.environ if environ is None else environ
+    known = [*setting_variables(), *NON_SETTING_VARIABLES]
+    return {name: difflib.get_close_matches(name.upper(), known, n=3, cutoff=0.75)
+            for name in sorted(environ)
+            if name.upper().startswith("TRIAGE_") and name.upper() not in known}
+
+
+def setting_sources(settings: Settings,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each value came from: ``environment``, ``config file``, ``argument`` or
+    ``default`` (the order in which they win)."""
+    environ = os.environ if environ is None else environ
+    from_env = {name.upper() for name in environ}
+    path = config_file_path(environ)
+    in_file: set[str] = set()
+    if path is not None:
+        with path.open("rb") as handle:
+            in_file = set(tomllib.load(handle))
+    sources = {}
+    for env_name, field in setting_variables().items():
+        if field not in settings.model_fields_set:
+            sources[field] = SOURCE_DEFAULT
+        elif env_name in from_env:
+            sources[field] = SOURCE_ENVIRONMENT
+        elif field in in_file:
+            sources[field] = SOURCE_CONFIG_FILE
+        else:
+            sources[field] = SOURCE_ARGUMENT
+    return sources
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build and validate Settings; every problem becomes one admin-readable ConfigError."""
     try:
@@ -399,4 +478,5 @@ def load_settings(**overrides: Any) -> Settings:
             lines.append(f"{env}: {msg}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
     except (OSError, ValueError) as exc:  # e.g. unreadable TOML file
-        raise ConfigError(f"cannot read configuration (TRIAGE_CONFIG): {exc}") from exc
+        raise ConfigError(f"cannot read the configuration file {CONFIG_VARIABLE}="
+                          f"{os.environ.get(CONFIG_VARIABLE, '')}: {exc}") from exc
