@@ -134,12 +134,14 @@ def test_show_prints_runs_scores_calling_ae_outbox_and_audit_events(data_dir: Pa
     assert [r[-1] for r in ensemble_rows] == ["0.500", "0.300"]  # exam score of each run
     assert "      dmv-cnn-image-only 1.0  weight 0  imported_unverified  sha256 -  " \
            "left out: the exam lacks R-MLO" in lines
-    srs = [ln for ln in lines if ln.strip().startswith("sr_tid1500")]
-    assert len(srs) == 2 and all(
-        f"{PACS} sent" in ln and f"{VNA} failed after 3 attempt(s): 0xA900 SOP class not "
-        "supported" in ln for ln in srs)
-    assert any(ln.strip().startswith("sc_overlay") and ln.endswith(f"{PACS} pending")
-               for ln in lines)
+    srs = [n for n, ln in enumerate(lines) if ln.strip().startswith("sr_tid1500")]
+    assert [lines[n].split()[1] for n in srs] == ["1.1.rescored.500.0", "1.1.rescored.500.1"]
+    for n in srs:  # the object, then its state at each destination
+        assert lines[n + 1].split(None, 3)[:3] == ["->", PACS, "sent"]
+        assert lines[n + 2].split(None, 2) == [
+            "->", VNA, "failed after 3 attempt(s): 0xA900 SOP class not supported"]
+    overlays = [n for n, ln in enumerate(lines) if ln.strip().startswith("sc_overlay")]
+    assert [lines[n + 1].split() for n in overlays] == [["->", PACS, "pending"]] * 2
     assert "audit events (2):" in lines
     assert any(" outbox_retry  1.1.rescored.500.0  " in ln for ln in lines)
     assert "instances (5):" in lines

@@ -123,27 +123,26 @@ def _score_table(run: RunDetail) -> Iterator[str]:
 
 
 def _output_lines(outputs: tuple[OutputDetail, ...]) -> Iterator[str]:
+    """Each object, then its state at each destination."""
+    width = max((len(d.destination) for o in outputs for d in o.deliveries), default=0)
     for o in outputs:
-        deliveries = []
+        yield f"{o.kind:<13} {o.sop_instance_uid}"
         for d in o.deliveries:
-            state = f"{d.destination} {d.status}"
+            state = d.status
             if d.status == "sent":
                 state += f" {_time(d.sent_at)}"
             elif d.attempts:
                 state += f" after {d.attempts} attempt(s)"
             if d.last_error and d.status != "sent":
                 state += f": {d.last_error}"
-            deliveries.append(state)
-        yield f"{o.kind:<13} {o.sop_instance_uid}  " + "; ".join(deliveries)
+            yield f"  -> {d.destination:<{width}}  {state}"
 
 
 def _run_lines(number: int, run: RunDetail) -> Iterator[str]:
-    took = (f" ({(run.finished_at - run.started_at).total_seconds():.1f} s)"
-            if run.finished_at else "")
     yield (f"  run {number}{' (latest)' if run.latest else ''}: {run.model_set_version}  "
            f"{run.status}  {run.category or '-'}  score {_score(run.exam_score)}  "
            f"{'verified' if run.verified else 'UNVERIFIED'}{'  PARTIAL' if run.partial else ''}  "
-           f"started {_time(run.started_at, True)}, finished {_time(run.finished_at, True)}{took}")
+           f"started {_time(run.started_at, True)}, finished {_time(run.finished_at, True)}")
     if run.not_triaged_reason:
         yield f"    not triaged: {run.not_triaged_reason}"
     if run.coverage_gaps:

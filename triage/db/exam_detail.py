@@ -330,7 +330,7 @@ def exam_detail(session: Session, study_uid: str, *,
     sid = study.id
     changes = session.scalars(
         select(StatusChange).where(StatusChange.study_id == sid)
-        .order_by(StatusChange.at, StatusChange.id)).all()
+        .order_by(StatusChange.id)).all()  # the order they were made (clocks may differ)
     instances = list(session.scalars(
         select(Instance).where(Instance.study_id == sid)
         .order_by(Instance.received_at, Instance.id)))
@@ -354,7 +354,7 @@ def exam_detail(session: Session, study_uid: str, *,
         outbox[item.run_id].append(item)
     events = session.scalars(
         select(AuditEvent).where(AuditEvent.study_id == sid)
-        .order_by(AuditEvent.at, AuditEvent.id)).all()
+        .order_by(AuditEvent.id)).all()
 
     # the latest run is the one started last (as the worklist decides the category)
     latest_id = max(runs, key=lambda r: (r.started_at, r.id)).id if runs else None
