@@ -1,8 +1,9 @@
-"""`triage exams show` run as the installed command in a subprocess (and `exams list`, `show
---json` in-process) on an exam that went the product's own way: recorded as the listener records it (calling AE
-MAMMO_ROOM2), ready after the quiet period, scored by the embedded pipeline
-(``process_study``, reduced-resolution test member, demo weights) with the real output stage,
-and one sender pass to two archives that are down. Asserts on what an admin reads."""
+"""`triage exams show` run as the installed command in a subprocess (and `exams list`,
+`show --json` in-process) on an exam that went the product's own way: recorded as the
+listener records it (calling AE MAMMO_ROOM2), ready after the quiet period, scored by the
+embedded pipeline (``process_study``, reduced-resolution test member, demo weights) with the
+real output stage, and one sender pass to two archives that are down. Asserts on what an
+admin reads."""
 
 from __future__ import annotations
 
