@@ -1,5 +1,5 @@
-"""`triage exams list` filters and truncation, `triage exams show` as text and JSON (typer's
-CliRunner on an SQLite database built by `triage db upgrade`)."""
+"""`triage exams list` filters, truncation and its bounded statements; `triage exams show`
+as text and JSON (typer's CliRunner on an SQLite database built by `triage db upgrade`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from tests.exam_detail_rows import CALLING_AE, PACS, PATIENT_ID, VNA, RunSpec, add_exam
+from tests.unit.test_worklist_queries import statements_during
 from triage.cli import app
-from triage.db import create_database
+from triage.db import Database, create_database
 from triage.db.exam_detail import exam_detail
+from triage.db.queries import list_exams
 
 runner = CliRunner()
 NOW = datetime.now(UTC)
@@ -176,3 +178,19 @@ def test_show_an_unknown_exam_fails_with_a_clear_message(data_dir: Path) -> None
     result = runner.invoke(app, ["exams", "show", "9.9.9"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no exam with Study Instance UID '9.9.9' is known" in result.stderr
+
+
+def test_list_reads_in_three_statements_whatever_the_number_of_exams(sqlite_db: Database) -> None:
+    def count() -> int:
+        def read() -> None:
+            with sqlite_db.session() as session:
+                list_exams(session, limit=100)
+        return statements_during(sqlite_db, read)
+
+    with sqlite_db.session() as s:
+        add_exam(s, "3.0", [RunSpec()])
+    one = count()
+    with sqlite_db.session() as s:
+        for n in range(1, 30):
+            add_exam(s, f"3.{n}", [RunSpec(), RunSpec(model_set="ms-2", minutes=20)])
+    assert one == count() == 3  # the count, the page, the views on the page
