@@ -10,38 +10,25 @@ import pydicom
 import pytest
 import torch
 
+from tests.member_helpers import member_settings, synthetic_exam_images
 from triage.config import EnsembleMember, Settings, load_settings
 from triage.errors import WeightsError
 from triage.imaging import decode_pixels
 from triage.imaging.whole_image import prepare_whole_image
-from triage.models import ensure_demo_weights, load_member
+from triage.models import load_member
 from triage.pipeline import ExamImage, load_ensemble, score_exam
 from triage.pipeline.allconv import TTA_NOTE, flip_averaged
-from triage.synthetic import ExamSpec, generate_exam
-from triage.vocabulary import ImageClass, Laterality, View
 
 MEMBER = "allconv-testing-small"
 
 
 def _settings(tmp: Path, **overrides: object) -> Settings:
-    s = load_settings(data_dir=tmp / "data", testing=True, allow_uncalibrated=True, device="cpu",
-                      ensemble=[EnsembleMember(name=MEMBER, weight=1.0)], **overrides)
-    s.prepare_directories()
-    ensure_demo_weights(s, [MEMBER])
-    return s
+    return member_settings(tmp, MEMBER, **overrides)
 
 
 @pytest.fixture(scope="module")
 def exam(tmp_path_factory: pytest.TempPathFactory) -> list[ExamImage]:
-    summary = generate_exam(ExamSpec(seed=11, scale=0.25, lesion=True),
-                            tmp_path_factory.mktemp("exam"))
-    images = []
-    for path in summary.files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        images.append(ExamImage(str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(path),
-                                Laterality(ds.ImageLaterality), View(ds.ViewPosition),
-                                ImageClass.FFDM))
-    return images
+    return synthetic_exam_images(tmp_path_factory.mktemp("exam"), seed=11)
 
 
 def test_the_testing_member_scores_a_synthetic_exam_through_score_exam(

@@ -12,15 +12,14 @@ import pydicom
 import pytest
 import torch
 
-from triage.config import EnsembleMember, Settings, load_settings
+from tests.member_helpers import member_settings, synthetic_exam_images
+from triage.config import Settings
 from triage.imaging import decode_pixels, prepare_view, sample_windows
-from triage.models import ensure_demo_weights
 from triage.outputs.common import roi_source_box
 from triage.outputs.overlay import render_overlay
 from triage.pipeline import ExamImage, load_ensemble, score_exam
 from triage.results import ExamResult
-from triage.synthetic import ExamSpec, generate_exam
-from triage.vocabulary import ImageClass, Laterality, View, WeightsStatus
+from triage.vocabulary import Laterality, View, WeightsStatus
 
 MEMBER = "glimpsenet-testing-small"
 INPUT = (1024, 640)
@@ -28,24 +27,12 @@ GLIMPSES, GLIMPSE_SIDE, MAP = 4, 104, (128, 128)
 
 
 def _settings(tmp: Path, **overrides: object) -> Settings:
-    s = load_settings(data_dir=tmp / "data", testing=True, allow_uncalibrated=True, device="cpu",
-                      ensemble=[EnsembleMember(name=MEMBER, weight=1.0)], **overrides)
-    s.prepare_directories()
-    ensure_demo_weights(s, [MEMBER])
-    return s
+    return member_settings(tmp, MEMBER, **overrides)
 
 
 @pytest.fixture(scope="module")
 def exam(tmp_path_factory: pytest.TempPathFactory) -> list[ExamImage]:
-    summary = generate_exam(ExamSpec(seed=11, scale=0.25, lesion=True),
-                            tmp_path_factory.mktemp("exam"))
-    images = []
-    for path in summary.files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        images.append(ExamImage(str(ds.SOPInstanceUID), str(ds.SOPClassUID), Path(path),
-                                Laterality(ds.ImageLaterality), View(ds.ViewPosition),
-                                ImageClass.FFDM))
-    return images
+    return synthetic_exam_images(tmp_path_factory.mktemp("exam"), seed=11)
 
 
 @pytest.fixture(scope="module")
