@@ -3,6 +3,7 @@ distinct Study Instance UID, one run per spec, the ensemble's per-breast scores.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,35 +32,43 @@ class RunRow:
 
 
 def add_runs(session: Session, rows: list[RunRow], *, now: datetime = NOW) -> None:
-    """Insert the exams (new UIDs only), runs and breast scores in three executemany INSERTs."""
+    """Insert the exams (new UIDs only), runs and breast scores in three executemany INSERTs
+    (ids from the database, so PostgreSQL's sequences stay right)."""
     known = {uid: sid for uid, sid in session.execute(select(Study.study_instance_uid, Study.id))}
-    next_id = max(known.values(), default=0) + 1
-    first_run = (session.scalar(select(ScoringRun.id).order_by(ScoringRun.id.desc()).limit(1))
-                 or 0) + 1
     studies: list[dict[str, Any]] = []
+    for r in rows:
+        if r.uid in known or any(s["study_instance_uid"] == r.uid for s in studies):
+            continue
+        studies.append({
+            "grouping_key": r.uid, "study_instance_uid": r.uid,
+            "accession_numbers": list(r.accessions if r.accessions is not None else ("A" + r.uid,)),
+            "patient_id": r.patient_id if r.patient_id is not None else "P" + r.uid,
+            "status": "delivered", "first_received_at": now - timedelta(hours=1),
+            "last_received_at": now - timedelta(hours=1),
+        })
+    if studies:
+        created = session.execute(
+            insert(Study).returning(Study.study_instance_uid, Study.id, sort_by_parameter_order=True),
+            studies)
+        known.update({uid: sid for uid, sid in created})
     runs: list[dict[str, Any]] = []
-    scores: list[dict[str, Any]] = []
-    for n, r in enumerate(rows):
-        if r.uid not in known:
-            known[r.uid] = next_id
-            next_id += 1
-            studies.append({
-                "id": known[r.uid], "grouping_key": r.uid, "study_instance_uid": r.uid,
-                "accession_numbers": list(r.accessions if r.accessions is not None else ("A" + r.uid,)),
-                "patient_id": r.patient_id if r.patient_id is not None else "P" + r.uid,
-                "status": "delivered", "first_received_at": now - timedelta(hours=1),
-                "last_received_at": now - timedelta(hours=1),
-            })
+    for r in rows:
         scored = now - timedelta(minutes=r.minutes_ago)
-        run_id = first_run + n
         runs.append({
-            "id": run_id, "study_id": known[r.uid], "model_set_version": r.model_set,
-            "instances_digest": f"d{run_id}", "status": r.status, "verified": r.verified,
-            "exam_score": r.score, "category": r.category, "partial": r.partial,
+            "study_id": known[r.uid], "model_set_version": r.model_set,
+            "instances_digest": uuid.uuid4().hex, "status": r.status,
+            "verified": r.verified, "exam_score": r.score, "category": r.category,
+            "partial": r.partial,
             "not_triaged_reason": None if r.verified else "weights not verified",
             "started_at": scored - timedelta(minutes=1),
             "finished_at": scored if r.status == "succeeded" else None,
         })
+    if not runs:
+        return
+    run_ids = list(session.scalars(
+        insert(ScoringRun).returning(ScoringRun.id, sort_by_parameter_order=True), runs))
+    scores: list[dict[str, Any]] = []
+    for run_id, r in zip(run_ids, rows, strict=True):
         scores += [
             {"run_id": run_id, "member": None, "level": "breast", "laterality": "L",
              "p_malignant": r.score, "p_benign": round(r.score / 2, 6)},
@@ -68,8 +77,4 @@ def add_runs(session: Session, rows: list[RunRow], *, now: datetime = NOW) -> No
             {"run_id": run_id, "member": "m1", "level": "breast", "laterality": "L",
              "p_malignant": 0.99, "p_benign": 0.99},
         ]
-    if studies:
-        session.execute(insert(Study), studies)
-    if runs:
-        session.execute(insert(ScoringRun), runs)
-        session.execute(insert(Score), scores)
+    session.execute(insert(Score), scores)
