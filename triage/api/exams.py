@@ -40,7 +40,7 @@ def get_exam(
         detail = exam_detail(session, study_uid, include_patient_id=access.patient_ids)
         record_query(session, access, EXAM_QUERY, {"study_instance_uid": study_uid},
                      rows=0 if detail is None else 1)
-    log.info("exam detail read", extra={"study_uid": study_uid, "who": access.who,
+    log.info("exam detail read", extra={"study_instance_uid": study_uid, "who": access.who,
                                         "found": detail is not None})
     if detail is None:
         raise HTTPException(status_code=404, detail=(

@@ -92,6 +92,7 @@ def get_history(
     with db.session() as session:
         page = score_history(session, flt, access, categories=categories)
         record_query(session, access, HISTORY_QUERY, flt.audit_filters(), rows=len(page.rows))
+    log.info("score history read", extra={"who": access.who, "rows": len(page.rows)})
     return page.to_dict()
 
 
