@@ -12,5 +12,6 @@ setup(
     packages=[*find_namespace_packages(include=["triage*", "workers*"]),
               "triage._migrations", "triage._migrations.versions"],
     package_dir={"triage._migrations": "migrations"},
-    package_data={"triage": ["py.typed", "api/static/*", "api/templates/*.html"], "triage._migrations": ["script.py.mako"]},
+    package_data={"triage": ["py.typed", "api/static/*", "api/templates/*.html"],
+                  "triage._migrations": ["script.py.mako"]},
 )

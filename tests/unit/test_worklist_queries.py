@@ -405,3 +405,12 @@ def test_every_page_of_3000_exams_follows_the_worklist_rule(db: Database) -> Non
     seen = [uid for page in pages for uid in uids(page)]
     assert seen == expected_order(exams, NOW - timedelta(hours=24))
     assert pages[0].total == len(seen)
+
+
+def test_a_held_exams_reason_on_the_worklist_hides_the_patient_ids_it_quotes(db: Database) -> None:
+    with db.session() as s:
+        add_exams(s, [Exam("held2", "held", 5, hold="patient identity conflict: exam patient "
+                                                    "Patient ID 'P1' (issuer 'H') vs this image's "
+                                                    "Patient ID 'P2' (no issuer)")])
+    reason = by_uid(read(db))["held2"].reason or ""
+    assert "'P1'" not in reason and "'P2'" not in reason and "patient identity conflict" in reason

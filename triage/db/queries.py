@@ -275,8 +275,8 @@ def _decode_cursor(text: str) -> tuple[int, datetime, int]:
 
 def _not_triaged_reason(status: str, skip_reason: str | None, failure_reason: str | None,
                         hold_reason: str | None = None) -> str:
-    if status == ExamStatus.HELD.value:
-        return f"held for an admin: {hold_reason}"
+    if status == ExamStatus.HELD.value:  # the reason quotes patient IDs: not on a worklist
+        return f"held for an admin: {hide_patient_ids(hold_reason)}"
     if status == ExamStatus.SKIPPED.value:
         return f"skipped: {skip_reason}"
     if status == ExamStatus.FAILED.value:

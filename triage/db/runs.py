@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -50,6 +52,8 @@ def store_result(session: Session, study_id: int, result: ExamResult) -> Scoring
     run.coverage_gaps = list(result.coverage_gaps)
     run.error = None
     run.finished_at = utcnow()
+    # when the scoring began (the row is written only once the result is stored)
+    run.started_at = run.finished_at - timedelta(seconds=float(result.timings.get("total_s", 0.0)))
     session.add(run)
     session.flush()
     for m in result.members:
