@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
 from triage.config import Destination, Settings
-from triage.db import Database, OutboxItem
+from triage.db import Database, OutboxItem, Study
 from triage.db.leases import acquire_lease
 from triage.db.models import AuditEvent, utcnow
 from triage.delivery.outbox import mark_delivered
@@ -50,6 +50,7 @@ def send_pending(db: Database, settings: Settings, *, now: datetime | None = Non
             by_dest[item.destination].append((item.id, Path(item.path)))
     sent = 0
     touched: set[int] = set()
+    outcomes: dict[int, Counter[str]] = defaultdict(Counter)  # study id -> outcome -> objects
     for dest_text, items in by_dest.items():
         results = send_files([p for _, p in items], Destination.parse(dest_text), settings.ae_title)
         with db.session() as session:
@@ -60,6 +61,7 @@ def send_pending(db: Database, settings: Settings, *, now: datetime | None = Non
                 row.attempts += 1
                 row.last_status_code = res.status
                 touched.add(row.study_id)
+                outcomes[row.study_id][res.outcome.value] += 1
                 if res.outcome is SendOutcome.STORED:
                     row.status, row.sent_at, row.last_error = OutboxStatus.SENT.value, utcnow(), None
                     sent += 1
@@ -72,8 +74,21 @@ def send_pending(db: Database, settings: Settings, *, now: datetime | None = Non
                 else:
                     row.last_error = res.message
                     row.next_attempt_at = utcnow() + timedelta(seconds=backoff_seconds(row.attempts))
+    _log_outcomes(db, outcomes)
     mark_delivered(db, sorted(touched))
     return sent
+
+
+def _log_outcomes(db: Database, outcomes: dict[int, Counter[str]]) -> None:
+    """One line per exam and pass, under its Study Instance UID (C-STORE lines name objects)."""
+    if not outcomes:
+        return
+    with db.session() as session:
+        uids = dict(session.execute(select(Study.id, Study.study_instance_uid)
+                                    .where(Study.id.in_(outcomes))).tuples().all())
+    for study_id, counts in outcomes.items():
+        log.info("outbox objects sent, to retry or refused", extra={
+            "study_instance_uid": uids.get(study_id), "outcomes": dict(counts)})
 
 
 class OutboxSender(threading.Thread):

@@ -211,7 +211,7 @@ class IngestService:
             size = request.path.stat().st_size
         final = self.spool.final_path(checked.study_instance_uid, checked.sop_instance_uid,
                                       digest)
-        extra = self._extra(request, study_uid=checked.study_instance_uid)
+        extra = self._extra(request, study_instance_uid=checked.study_instance_uid)
         try:
             self.spool.keep(request.path, final)
         except OSError as exc:
@@ -274,7 +274,7 @@ class IngestService:
             "association_id": request.association_id,
         }
         extra = self._extra(request, status=f"0x{rejected.status:04X}", reason=rejected.reason,
-                            study_uid=uids.get("StudyInstanceUID"))
+                            study_instance_uid=uids.get("StudyInstanceUID"))
         try:
             target = self.spool.quarantine(request.path, sidecar)
         except OSError as exc:

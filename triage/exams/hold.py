@@ -41,7 +41,7 @@ def hold(session: Session, study: Study, reason: str, now: datetime) -> None:
         study.hold_reason = reason
         return
     set_status(session, study, ExamStatus.HELD, reason, now=now)
-    logger.warning("exam held", extra={"study_uid": study.study_instance_uid})
+    logger.warning("exam held", extra={"study_instance_uid": study.study_instance_uid})
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,6 @@ def release(session: Session, study_instance_uid: str, *, reason: str, by: str,
         "by": by, "reason": reason, "hold_reason": ended,
         "excluded_instance_ids": [i.id for i in excluded],
         "chosen_set_digest": study.chosen_set_digest}))
-    logger.info("held exam released", extra={"study_uid": study_instance_uid})
+    logger.info("held exam released", extra={"study_instance_uid": study_instance_uid})
     return Release(study_instance_uid=study_instance_uid, excluded_instances=len(excluded),
                    chosen_instances=sum(i.chosen for i in instances))

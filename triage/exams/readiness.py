@@ -143,7 +143,7 @@ def evaluate_readiness(db: Database, settings: Settings, now: datetime) -> list[
                 if did:
                     changed.append(study_id)
                     logger.info("exam status changed", extra={
-                        "study_uid": study.study_instance_uid, "status": study.status})
+                        "study_instance_uid": study.study_instance_uid, "status": study.status})
         except (OperationalError, InvalidTransition) as exc:
             # another process changed the exam at the same moment; the next pass decides
             logger.warning("readiness check of exam %s deferred: %s", study_id, exc)

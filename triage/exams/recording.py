@@ -165,7 +165,7 @@ def _record_conflict(session: Session, study: Study, instance: Instance,
     hold(session, study, hold_reason(study.study_instance_uid, conflict, sop_uid,
                                      int(excluded or 0)), now)
     logger.warning("patient identity conflict: image kept unscorable, exam held",
-                   extra={"study_uid": study.study_instance_uid, "sop_instance_uid": sop_uid,
+                   extra={"study_instance_uid": study.study_instance_uid, "sop_instance_uid": sop_uid,
                           "conflict": conflict.kind.value})
     return IngestOutcome(study_id=study.id, instance_id=instance.id, duplicate=False,
                          new_version=bool(priors), reopened=False)

@@ -38,7 +38,7 @@ def reopen(session: Session, study: Study, reason: str, now: datetime,
                            sop_instance_uid=sop_instance_uid,
                            detail={"from_status": previous, "reason": reason,
                                    "chosen_set_digest": study.chosen_set_digest}))
-    logger.info("exam re-opened", extra={"study_uid": study.study_instance_uid,
+    logger.info("exam re-opened", extra={"study_instance_uid": study.study_instance_uid,
                                          "sop_instance_uid": sop_instance_uid})
 
 

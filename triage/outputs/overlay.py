@@ -425,7 +425,7 @@ def build_overlay(
     sc.ImageComments = comments
     logger.info(
         "built overlay",
-        extra={"study_uid": result.study_instance_uid, "source_uid": uid,
+        extra={"study_instance_uid": result.study_instance_uid, "source_uid": uid,
                "sop_uid": str(sc.SOPInstanceUID), "rows": int(sc.Rows)},
     )
     return sc

@@ -448,7 +448,7 @@ def build_mammo_cad_sr(
     ds.ContentSequence = content
     logger.info(
         "built Mammography CAD SR",
-        extra={"study_uid": result.study_instance_uid, "sop_uid": sop_uid,
+        extra={"study_instance_uid": result.study_instance_uid, "sop_uid": sop_uid,
                "findings": len(findings), "verified": result.verified},
     )
     return ds

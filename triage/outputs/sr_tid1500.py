@@ -388,7 +388,7 @@ def build_tid1500_sr(
         sr.PredecessorDocumentsSequence = predecessor_items(predecessor)
     logger.info(
         "built TID 1500 SR",
-        extra={"study_uid": result.study_instance_uid, "sop_uid": sop_uid,
+        extra={"study_instance_uid": result.study_instance_uid, "sop_uid": sop_uid,
                "verified": result.verified},
     )
     return sr

@@ -36,6 +36,7 @@ from triage.db.models import AuditEvent, utcnow
 from triage.db.runs import store_failed_run, store_result
 from triage.db.states import set_status
 from triage.errors import NothingToScore, ScoringError, TransientError
+from triage.logs import study_context
 from triage.pipeline.ensemble import Ensemble
 from triage.pipeline.exam import instances_digest, score_exam
 from triage.pipeline.images import ExamImage
@@ -274,7 +275,8 @@ def process_study(db: Database, ensemble: Ensemble, study_id: int,
     heartbeat = Heartbeat(db, study_id, claimed.holder)
     heartbeat.start()
     try:
-        return _score_and_store(db, ensemble, claimed, outputs)
+        with study_context(claimed.study_instance_uid):  # every line below names the study
+            return _score_and_store(db, ensemble, claimed, outputs)
     except Exception as exc:
         if _transient(exc):
             release_after_transient_error(db, claimed, str(exc))

@@ -7,6 +7,7 @@ GIL), and shared by every member that asked for it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -89,7 +90,9 @@ def prepare_all(requests: Iterable[PrepareRequest], pool: ThreadPoolExecutor) ->
     started = time.perf_counter()
     unique = sorted(set(requests), key=lambda r: (r.image.sop_instance_uid, r.input_size,
                                                   r.recipe))
-    futures = {request: pool.submit(_prepare, request) for request in unique}
+    # each task runs in a copy of this context: its log lines keep the study's UID
+    futures = {request: pool.submit(contextvars.copy_context().run, _prepare, request)
+               for request in unique}
     out = Prepared()
     for request, fut in futures.items():
         try:

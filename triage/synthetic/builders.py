@@ -386,7 +386,7 @@ def build_view(spec: ViewSpec) -> Dataset:
     ds.PixelData = stored.tobytes()
     _file_meta(ds)
     logger.debug("built synthetic view", extra={
-        "study_uid": study.study_uid, "sop_uid": ds.SOPInstanceUID,
+        "study_instance_uid": study.study_uid, "sop_uid": ds.SOPInstanceUID,
         "laterality": str(spec.laterality), "view": str(spec.view)})
     return ds
 

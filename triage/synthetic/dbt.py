@@ -579,7 +579,7 @@ def build_dbt_view(spec: DbtViewSpec) -> Dataset:
     del pixels
     _file_meta(ds)
     logger.debug("built synthetic DBT view", extra={
-        "study_uid": study.study_uid, "sop_uid": ds.SOPInstanceUID, "frames": frames,
+        "study_instance_uid": study.study_uid, "sop_uid": ds.SOPInstanceUID, "frames": frames,
         "laterality": str(spec.laterality), "view": str(spec.view)})
     return ds
 
