@@ -436,7 +436,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, lis
     """``TRIAGE_*`` variables that name no setting (typos), each with its close matches."""
     environ = os.environ if environ is None else environ
     known = [*setting_variables(), *NON_SETTING_VARIABLES]
-    return {name: difflib.get_close_matches(name.upper(), known, n=3, cutoff=0.75)
+    suffixes = {name.removeprefix("TRIAGE_"): name for name in known}
+    return {name: [suffixes[s] for s in difflib.get_close_matches(
+                name.upper().removeprefix("TRIAGE_"), suffixes, n=3, cutoff=0.8)]
             for name in sorted(environ)
             if name.upper().startswith("TRIAGE_") and name.upper() not in known}
 

@@ -12,6 +12,7 @@ from triage.cli import (
     demo_cmd,
     exams_cmd,
     listen_cmd,
+    logs_cmd,
     models_cmd,
     outbox_cmd,
     score_folder_cmd,
@@ -23,9 +24,18 @@ from triage.cli import (
     worker_cmd,
     worklist_cmd,
 )
+from triage.cli.common import GuardedGroup, print_version
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, cls=GuardedGroup,
                   help="Screening mammography worklist triage.")
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=print_version,
+                                       help="Print the version and exit.")) -> None:
+    """Screening mammography worklist triage."""
+
+
 app.add_typer(config_cmd.app, name="config", help="Show the effective settings.")
 app.add_typer(db_cmd.app, name="db", help="Database schema migrations.")
 app.add_typer(exams_cmd.app, name="exams", help="Exams known to the product.")
@@ -42,6 +52,7 @@ app.command("worklist", help="Exams by priority, then arrival.")(worklist_cmd.wo
 app.command("demo", help="Send a synthetic screening exam to a listener.")(demo_cmd.demo)
 app.command("score-folder", help="Score a folder of DICOM files offline.")(
     score_folder_cmd.score_folder_cmd)
+app.command("logs", help="One study's lines from the log file (TRIAGE_LOG_FILE).")(logs_cmd.logs)
 app.add_typer(scores_cmd.app, name="scores", help="Score history: every finished scoring run.")
 app.add_typer(tokens_cmd.app, name="tokens", help="API tokens (viewer, admin).")
 app.command("audit", help="Who read score history and exam details.")(audit_cmd.audit)
