@@ -194,3 +194,18 @@ def test_list_reads_in_three_statements_whatever_the_number_of_exams(sqlite_db: 
         for n in range(1, 30):
             add_exam(s, f"3.{n}", [RunSpec(), RunSpec(model_set="ms-2", minutes=20)])
     assert one == count() == 3  # the count, the page, the views on the page
+
+
+def test_show_is_written_to_the_query_audit(data_dir: Path) -> None:
+    from sqlalchemy import select
+
+    from triage.db.models import QueryAudit
+
+    _show("1.1.recent")
+    db = create_database(f"sqlite:///{(data_dir / 'triage.db').resolve()}")
+    with db.session() as session:
+        rows = session.scalars(select(QueryAudit)).all()
+        assert [(r.channel, r.rows, r.filters["study_instance_uid"]) for r in rows] == [
+            ("cli", 1, "1.1.recent")]
+        assert rows[0].who.startswith("cli:")
+    db.dispose()

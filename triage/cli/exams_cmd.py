@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 import typer
 
 from triage.cli.common import echo_json, handled_errors, open_database, settings_or_exit
+from triage.cli.scores_cmd import cli_access
 from triage.cli.worklist_cmd import parse_since
 from triage.db import queries
 from triage.db.exam_detail import ExamDetail, OutputDetail, RunDetail, exam_detail
 from triage.db.models import utcnow
+from triage.db.query_audit import EXAM_QUERY, record_query
 from triage.exams.hold import release as release_exam
 
 app = typer.Typer(no_args_is_help=True)
@@ -232,6 +234,9 @@ def show(
         try:
             with db.session() as session:
                 detail = exam_detail(session, study_uid, include_patient_id=patient_id)
+                record_query(session, cli_access(settings), EXAM_QUERY,
+                             {"study_instance_uid": study_uid, "patient_id": patient_id or None},
+                             rows=1 if detail else 0)
         finally:
             db.dispose()
     if detail is None:
