@@ -26,13 +26,14 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage import __version__
+from triage.api.auth import database, settings_of
 from triage.config import Destination, Settings
 from triage.db import Database, Study
 from triage.db.session import check_connection
@@ -59,18 +60,6 @@ class CheckOut(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     checks: dict[str, CheckOut]
-
-
-def _settings(request: Request) -> Settings:
-    settings = request.app.state.settings
-    assert isinstance(settings, Settings)
-    return settings
-
-
-def _database(request: Request) -> Database:
-    db = request.app.state.db
-    assert isinstance(db, Database)
-    return db
 
 
 def check_database(db: Database) -> str:
@@ -164,7 +153,7 @@ def healthz() -> Alive:
 @router.get("/readyz", response_model=Readiness,
             responses={503: {"model": Readiness, "description": "a check failed"}},
             summary="Readiness: database, broker, archive (C-ECHO), spool disk space")
-def readyz(settings: Settings = Depends(_settings), db: Database = Depends(_database)
+def readyz(settings: Settings = Depends(settings_of), db: Database = Depends(database)
            ) -> JSONResponse:
     result = readiness(settings, db)
     return JSONResponse(result.model_dump(), status_code=200 if result.status == "ready" else 503)

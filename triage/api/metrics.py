@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -54,6 +54,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from triage.api.auth import database, settings_of
 from triage.config import Settings
 from triage.db import Database, Instance, Quarantined, ScoringRun
 from triage.db.monitoring import system_status
@@ -207,6 +208,6 @@ def render(db: Database, settings: Settings) -> bytes:
 @router.get("/metrics", summary="Prometheus metrics (text format), read at scrape time",
             response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "metrics"}})
-def metrics(request: Request) -> Response:
-    return Response(render(request.app.state.db, request.app.state.settings),
-                    media_type=CONTENT_TYPE_LATEST)
+def metrics(db: Database = Depends(database), settings: Settings = Depends(settings_of)
+            ) -> Response:
+    return Response(render(db, settings), media_type=CONTENT_TYPE_LATEST)
