@@ -477,6 +477,12 @@ def load_settings(**overrides: Any) -> Settings:
             loc = ".".join(str(p) for p in err["loc"]) or "settings"
             env = f"TRIAGE_{loc.split('.')[0].upper()}" if loc != "settings" else "settings"
             msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:  # a key of the file
+                key = str(err["loc"][0])
+                close = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
+                msg = (f"unknown key {key!r} in {os.environ.get(CONFIG_VARIABLE, '')}"
+                       + (f" (did you mean {close[0]!r}?)" if close else ""))
+                env = CONFIG_VARIABLE
             lines.append(f"{env}: {msg}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
     except (OSError, ValueError) as exc:  # e.g. unreadable TOML file

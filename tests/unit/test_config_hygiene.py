@@ -71,6 +71,17 @@ def test_a_triage_config_that_is_no_toml_names_the_file(
         load_settings()
 
 
+def test_an_unknown_key_in_the_triage_config_file_is_named_with_its_close_match(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = env / "triage.toml"
+    config.write_text("quiet_second = 3\n")
+    monkeypatch.setenv("TRIAGE_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=r"unknown key 'quiet_second' in .*triage.toml "
+                                          r"\(did you mean 'quiet_seconds'\?\)"):
+        load_settings()
+
+
 # ---- unknown TRIAGE_* variables -------------------------------------------------------------
 
 def test_an_unknown_triage_variable_is_reported_with_its_close_matches(env: Path) -> None:
