@@ -49,6 +49,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -568,6 +569,7 @@ def main() -> None:
         pg.destroy()
         for handler in logging.getLogger().handlers:
             handler.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
