@@ -37,3 +37,19 @@ def test_a_port_in_use_stops_start_up_naming_the_setting(settings: Settings,
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*set TRIAGE_API_PORT"):
             ApiServer(settings, sqlite_db, port=port).start()
+
+
+def test_the_listening_socket_is_tcp_so_responses_are_not_held_by_nagle(
+        settings: Settings, sqlite_db: Database) -> None:
+    """asyncio disables Nagle's algorithm only on sockets whose protocol is TCP; a socket
+    created without it made every response wait ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from triage.api.server import ApiServer
+
+    server = ApiServer(settings, sqlite_db, port=0)
+    sock = server._bind()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

@@ -40,7 +40,7 @@ def test_the_papers_three_models_are_named_members_with_their_pooling() -> None:
         assert not spec.weights.is_published and not spec.extra
         assert runner_for(spec) is GLIMPSE
         refusal = verification_refusal(spec)
-        assert refusal is not None and "published no weights" in refusal
+        assert refusal is not None and "knows no published file" in refusal
 
 
 def test_the_testing_configuration_is_reduced_and_loads_only_when_testing(tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ def test_dmv_cnn_and_3d_gmic_verification_is_refused_with_the_reason(
 def test_gmic_models_have_a_validation_path() -> None:
     for i in range(1, 6):
         assert verification_refusal(get_spec(f"gmic-resnet18-{i}")) is None
-    assert "no weights" in str(verification_refusal(get_spec("gmic-resnet50")))
+    assert "knows no published file" in str(verification_refusal(get_spec("gmic-resnet50")))
 
 
 def test_a_forged_record_cannot_verify_a_model_without_a_validation_path(

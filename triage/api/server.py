@@ -40,8 +40,11 @@ class ApiServer:
     def _bind(self) -> socket.socket:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
-            family = infos[0][0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            family, _, proto = infos[0][0], infos[0][1], infos[0][2]
+            # name the protocol (TCP): asyncio then turns Nagle's algorithm off on every
+            # accepted connection; without it each response waited ~40 ms for the client's
+            # delayed ACK (benchmarks/api.py)
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
         except OSError as exc:
             raise ConfigError(f"TRIAGE_API_HOST {self.host!r} cannot be used: {exc}; set it "
                               "to an address of this machine (default 127.0.0.1)") from exc
